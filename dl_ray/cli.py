@@ -1,0 +1,76 @@
+"""``dl-ray``: train a job file, list what is registered.
+
+Exit codes: 0 done, 1 a run failed, 2 bad input (nothing was started), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rich.console import Console
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dl-ray", description="Train every model of the course on Ray, locally or on a cluster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a job file (resumes when its run folder exists)")
+    train.add_argument("job", help="job YAML, e.g. jobs/mnist_lenet.yaml")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                       help="override a field, e.g. --set training.epochs=3 (repeatable)")
+    train.add_argument("--dry-run", action="store_true", help="validate and print the resolved spec, start nothing")
+    train.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+    sub.add_parser("list", help="registered models and datasets with their config fields")
+
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from dl_ray.spec import SpecError, load_spec
+
+    try:
+        if args.command == "list":
+            return _list(console)
+        spec = load_spec(args.job, args.overrides)
+        if args.dry_run:
+            import yaml
+
+            console.print(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            return 0
+        from dl_ray.train.runner import RunError, run
+
+        try:
+            run(spec, console, verbose=args.verbose)
+        except RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _list(console: Console) -> int:
+    from rich.table import Table
+
+    from dl_ray.registry import DATASETS, MODELS
+    from dl_ray.spec import describe_fields
+
+    for registry in (MODELS, DATASETS):
+        table = Table(title=f"{registry.kind}s", show_lines=True)
+        for col in ("name", "what", "config fields"):
+            table.add_column(col)
+        for name in registry.names():
+            entry = registry[name]
+            fields = "\n".join(f"{f}: {kind}  {doc}" for f, kind, doc in describe_fields(entry.config))
+            table.add_row(name, entry.doc, fields)
+        console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

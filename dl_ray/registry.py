@@ -1,0 +1,54 @@
+"""Name -> builder registries for models and datasets (timm style).
+
+A family registers its builders with ``@register_model("name", Config)``; the
+config is a pydantic model whose fields (with their docstrings) are what a job
+file may set under ``model:``. Duplicate names are refused so two files can
+never silently shadow each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from pydantic import BaseModel
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    build: Callable[..., T]
+    config: type[BaseModel]
+    doc: str
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, config: type[BaseModel]) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def add(build: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            doc = (build.__doc__ or "").strip().splitlines()
+            self._entries[name] = Entry(name, build, config, doc[0] if doc else "")
+            return build
+
+        return add
+
+    def __getitem__(self, name: str) -> Entry[T]:
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+MODELS: Registry[Any] = Registry("model")
+DATASETS: Registry[Any] = Registry("dataset")
+register_model = MODELS.register
+register_dataset = DATASETS.register

@@ -1,0 +1,287 @@
+"""The job spec: one YAML file, validated into typed sections.
+
+``load_spec(path, overrides)`` is the only way in. Every problem with a file,
+a key, a type or an override becomes one :class:`SpecError` line that names
+the dotted path and, where it is a choice, the allowed values.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from dl_ray.data import DataConfig
+from dl_ray.models import ModelConfig
+from dl_ray.registry import DATASETS, MODELS, Registry
+
+
+class SpecError(ValueError):
+    """A bad job file or override. The CLI prints it on one line and exits with code 2."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class OptimizerSpec(Section):
+    name: Literal["sgd", "rmsprop", "adam"] = "adam"
+    """sgd (batch / minibatch / online GD by training.batch_size), rmsprop, or adam."""
+    lr: float = Field(1e-3, gt=0)
+    """Initial learning rate."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """sgd and rmsprop: weight of the exponentially averaged past gradients (0 = plain GD)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """adam: decay of the first and second moment averages (bias-corrected)."""
+    rho: float = Field(0.99, gt=0, lt=1)
+    """rmsprop: decay of the squared-gradient average."""
+
+
+class ScheduleSpec(Section):
+    name: Literal["constant", "step", "exponential", "inverse_time", "cosine"] = "constant"
+    """LR decay per epoch: step (x decay_rate every step_size), exponential (x decay_rate^epoch),
+    inverse_time (/(1 + decay_rate*epoch)), cosine (to min_lr at the last epoch)."""
+    decay_rate: float = Field(0.5, gt=0)
+    """Rate of step / exponential (must be < 1) and inverse_time decay."""
+    step_size: int = Field(10, ge=1)
+    """step: epochs between two decays."""
+    min_lr: float = Field(0.0, ge=0)
+    """cosine: learning rate reached at the last epoch."""
+
+    @model_validator(mode="after")
+    def _rate_below_one(self):
+        if self.name in ("step", "exponential") and self.decay_rate >= 1:
+            raise ValueError(f"decay_rate must be < 1 for {self.name} decay (got {self.decay_rate})")
+        return self
+
+
+class EarlyStoppingSpec(Section):
+    patience: int | None = Field(None, ge=1)
+    """Stop after this many epochs without improvement of ``metric``; null = off."""
+    metric: Literal["val/loss", "val/accuracy"] = "val/loss"
+    """Validation metric watched; the best checkpoint by it is always kept."""
+    min_delta: float = Field(0.0, ge=0)
+    """Smallest change that counts as an improvement."""
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+class AugmentSpec(Section):
+    max_shift: int = Field(0, ge=0, le=8)
+    """Random translation of training images, in pixels (0 = off)."""
+    max_rotation: float = Field(0.0, ge=0, le=45)
+    """Random rotation of training images, in degrees (0 = off)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_shift > 0 or self.max_rotation > 0
+
+
+class RegularizationSpec(Section):
+    l2: float = Field(0.0, ge=0)
+    """L2 penalty lambda: adds lambda/2 * ||w||^2 over weights (not biases) to the loss."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Drop probability of the models' dropout layers."""
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    augment: AugmentSpec = AugmentSpec()
+
+
+class TrainingSpec(Section):
+    epochs: int = Field(10, ge=1)
+    """Passes over the training set."""
+    batch_size: int | Literal["full"] = 64
+    """Global batch (split over workers); 1 = online GD, 'full' = batch GD (one step per epoch)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 = autocast the forward pass to bfloat16 (meant for GPUs)."""
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the global gradient norm to this value; null = no clipping."""
+    seed: int = 0
+    """Seeds model initialisation, shuffling, dropout and augmentation."""
+    checkpoint_every: int = Field(1, ge=1)
+    """Save a checkpoint every N epochs (and at the last and every best epoch)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept: the best by the early-stopping metric, plus always the latest."""
+    max_failures: int = Field(0, ge=-1)
+    """Worker-group restarts from the latest checkpoint before the run fails (-1 = unlimited)."""
+
+    @model_validator(mode="after")
+    def _batch_size_positive(self):
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or 'full' (got {self.batch_size})")
+        return self
+
+
+class ScalingSpec(Section):
+    num_workers: int = Field(0, ge=0)
+    """Ray Train workers; 0 = Ray Train local mode (in this process, fastest start)."""
+    use_gpu: bool = False
+    """One GPU per worker; the only change needed to go from CPU to GPUs."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs reserved for each worker."""
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Extra custom resources per worker, e.g. {accelerator_type:H100: 0.01}."""
+
+
+class TrackingSpec(Section):
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode: offline needs no key or network (sync later with `wandb sync`)."""
+    project: str = "dl-ray"
+    """W&B project."""
+    group: str | None = None
+    """W&B group (a sweep sets it to the sweep name)."""
+    run_name: str | None = None
+    """W&B run name; default: storage.name."""
+
+
+class StorageSpec(Section):
+    path: str = "runs"
+    """Folder holding every run (absolute, or relative to the working directory)."""
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """This run's folder; default: the job's name. The same name again resumes."""
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Job name (letters, digits, '_', '-', '.')."""
+    description: str = ""
+    model: SerializeAsAny[ModelConfig]
+    data: SerializeAsAny[DataConfig]
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    regularization: RegularizationSpec = RegularizationSpec()
+    training: TrainingSpec = TrainingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+
+    @property
+    def run_name(self) -> str:
+        return self.storage.name or self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return (Path(self.storage.path) / self.run_name).absolute()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"job file: no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise SpecError(f"job file {path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"job file {path}: not a text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"job file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_spec(raw)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one ``a.b.c=value`` to the raw dict; the value is read as YAML (1e-3, true, [1, 2])."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise SpecError(f"--set {item!r}: expected dotted.path=value, e.g. --set training.epochs=5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_spec(raw: dict) -> JobSpec:
+    raw = dict(raw)
+    raw["model"] = _parse_named(raw.get("model"), "model", MODELS)
+    raw["data"] = _parse_named(raw.get("data"), "data", DATASETS)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_describe(e, JobSpec, "")) from None
+
+
+def _parse_named(section: Any, field: str, registry: Registry) -> BaseModel:
+    if section is None:
+        raise SpecError(f"{field}: missing section; it needs at least a name ({', '.join(registry.names())})")
+    if not isinstance(section, dict):
+        raise SpecError(f"{field}: expected a mapping with a name, got {section!r}")
+    name = section.get("name")
+    if not isinstance(name, str) or name not in registry:
+        hint = difflib.get_close_matches(str(name), registry.names(), n=1)
+        maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise SpecError(f"{field}.name: unknown {registry.kind} {name!r}{maybe}; allowed: {', '.join(registry.names())}")
+    config = registry[name].config
+    try:
+        return config.model_validate(section)
+    except ValidationError as e:
+        raise SpecError(_describe(e, config, f"{field}.")) from None
+
+
+def _describe(error: ValidationError, root: type[BaseModel], prefix: str) -> str:
+    """One line naming each bad path, the problem, the value given and the allowed keys."""
+    lines = []
+    for err in error.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        where = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "job"
+        if err["type"] == "extra_forbidden":
+            owner = _section_at(root, loc[:-1])
+            allowed = ", ".join(owner.model_fields) if owner else "?"
+            hint = difflib.get_close_matches(loc[-1], owner.model_fields, n=1) if owner else []
+            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+            lines.append(f"{where}: unknown key{maybe}; allowed: {allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: required field is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            given = err.get("input")
+            lines.append(f"{where}: {msg}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+    return "; ".join(lines)
+
+
+def _section_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    node: Any = root
+    for part in loc:
+        field = node.model_fields.get(part) if isinstance(node, type) and issubclass(node, BaseModel) else None
+        if field is None:
+            return None
+        node = field.annotation
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def describe_fields(config: type[BaseModel]) -> list[tuple[str, str, str]]:
+    """(field, type and default, docstring) rows for ``dl-ray list``."""
+    rows = []
+    for name, field in config.model_fields.items():
+        if name == "name":
+            continue
+        default = field.get_default(call_default_factory=True)
+        ann = field.annotation
+        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        rows.append((name, f"{kind} = {default!r}", field.description or ""))
+    return rows

@@ -1,0 +1,41 @@
+"""Optimisers, LR decay schedules and the L2 penalty, built from the spec."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dl_ray.spec import OptimizerSpec, ScheduleSpec
+
+
+def make_optimizer(model: nn.Module, opt: OptimizerSpec, l2: float) -> torch.optim.Optimizer:
+    """L2 is applied as weight decay on weights only: its gradient is that of (l2/2)*||w||^2."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    others = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": weights, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+    if opt.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=opt.lr, alpha=opt.rho, momentum=opt.momentum)
+    return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas)
+
+
+def lr_factor(sched: ScheduleSpec, epoch: int, epochs: int, base_lr: float) -> float:
+    """Multiplier of the initial learning rate during ``epoch`` (0-based)."""
+    if sched.name == "step":
+        return sched.decay_rate ** (epoch // sched.step_size)
+    if sched.name == "exponential":
+        return sched.decay_rate**epoch
+    if sched.name == "inverse_time":
+        return 1.0 / (1.0 + sched.decay_rate * epoch)
+    if sched.name == "cosine":
+        floor = sched.min_lr / base_lr
+        progress = epoch / epochs  # the last epoch still learns a little
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleSpec, epochs: int, base_lr: float):
+    """A per-epoch ``LambdaLR``: call ``.step()`` once at the end of every epoch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(sched, e, epochs, base_lr))

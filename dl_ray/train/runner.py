@@ -1,0 +1,176 @@
+"""Driver side of ``dl-ray train``: check, start Ray if needed, fit a ``TorchTrainer``, report."""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from dl_ray.data import build_data
+from dl_ray.models import ModelIO, build_model
+from dl_ray.report import plot_curves, print_report
+from dl_ray.spec import JobSpec, SpecError, parse_spec
+from dl_ray.tracking import read_summary
+
+# Fields that may change when the same run is started again (it resumes); anything else is a new run.
+RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path")
+
+
+class RunError(RuntimeError):
+    """A run that started but could not finish; the CLI prints one line and exits with code 1."""
+
+
+def check(spec: JobSpec) -> None:
+    """Everything that can be known before starting: data loads, model fits the data, run folder agrees."""
+    try:
+        data = build_data(spec.data)
+    except (OSError, ValueError) as e:
+        raise SpecError(f"data ({spec.data.name}): {e}") from None
+    try:
+        build_model(spec.model, ModelIO(data.input_shape, data.num_outputs, data.task), spec.regularization.dropout)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    if data.task == "regression" and spec.regularization.early_stopping.metric == "val/accuracy":
+        raise SpecError("regularization.early_stopping.metric: val/accuracy needs a classification task; allowed: val/loss")
+    if spec.regularization.augment.enabled and len(data.input_shape) != 3:
+        raise SpecError(f"regularization.augment: needs image data (C,H,W); data.name={spec.data.name} has shape {data.input_shape}")
+    saved = spec.run_dir / "spec.yaml"
+    if saved.is_file():
+        before = _flatten(yaml.safe_load(saved.read_text()))
+        now = _flatten(spec.to_dict())
+        changed = sorted(k for k in before.keys() | now.keys()
+                         if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES))
+        if changed:
+            raise SpecError(f"storage.name: {spec.run_dir} holds a run with a different spec ({', '.join(changed[:4])}); "
+                            f"rerun it unchanged to resume, or pick a new --set storage.name=...")
+
+
+def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any]:
+    spec = _absolute_paths(spec)
+    check(spec)
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    local = spec.scaling.num_workers == 0
+    _quiet_ray(verbose)
+    if not local:
+        ensure_ray(verbose)
+    trainer, events = _trainer(spec, local)
+    where = "this process (Ray Train local mode)" if local else f"{spec.scaling.num_workers} Ray workers"
+    console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {spec.data.name}, {spec.training.epochs} epochs, {where} → {run_dir}")
+
+    from dl_ray.train.progress import follow
+
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised below in the main thread
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=fit, name="dl-ray-fit", daemon=True)
+    worker.start()
+    follow(events, done, console)
+    worker.join()
+    if "error" in outcome:
+        raise RunError(_explain(outcome["error"], run_dir)) from outcome["error"]
+
+    summary = read_summary(run_dir) or {}
+    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    if summary.get("status") == "nonfinite_loss":
+        raise RunError(f"training stopped at epoch {summary['epochs_run'] + 1}: the loss became NaN/inf "
+                       f"(lower optimizer.lr or set training.grad_clip); last good checkpoint: {summary['checkpoint'] or 'none'}")
+    print_report(summary, run_dir, console)
+    return summary
+
+
+def ensure_ray(verbose: bool = False) -> None:
+    """Join ``RAY_ADDRESS`` when set, else start a local Ray on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_"))}
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING,
+             runtime_env={"env_vars": forwarded} if forwarded else None)
+
+
+def _trainer(spec: JobSpec, local: bool):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dl_ray.train.loop import train_loop_per_worker
+
+    es = spec.regularization.early_stopping
+    if local:
+        events: Any = queue.Queue(maxsize=1000)
+    else:
+        from ray.util.queue import Queue
+
+        events = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    scaling = spec.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.to_dict(), "run_dir": str(spec.run_dir), "local_mode": local, "progress": events},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker} if not local else None,
+        ),
+        run_config=RunConfig(
+            name=spec.run_name, storage_path=str(spec.run_dir.parent),
+            failure_config=FailureConfig(max_failures=spec.training.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.training.keep_checkpoints,
+                checkpoint_score_attribute=es.metric if es.patience else None,
+                checkpoint_score_order=es.mode,
+            ),
+        ),
+    )
+    return trainer, events
+
+
+def _absolute_paths(spec: JobSpec) -> JobSpec:
+    raw = spec.to_dict()
+    raw["storage"]["path"] = str(Path(raw["storage"]["path"]).absolute())
+    if raw["data"].get("path"):
+        raw["data"]["path"] = str(Path(raw["data"]["path"]).absolute())
+    return parse_spec(raw)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _quiet_ray(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _explain(error: BaseException, run_dir: Path) -> str:
+    """One line for the terminal; the whole error goes to ``<run_dir>/error.txt``."""
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    (run_dir / "error.txt").write_text(text)
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    last = [line for line in str(root).strip().splitlines() if line.strip()] or [type(root).__name__]
+    return f"training failed: {type(root).__name__}: {last[-1][:300]} (full error: {run_dir / 'error.txt'}; --verbose shows Ray's logs)"
