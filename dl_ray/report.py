@@ -11,14 +11,14 @@ from rich.table import Table
 
 def bias_variance(final: dict[str, float], task: str) -> str:
     """The course's diagnosis: train error = bias, (validation - train) error = variance."""
-    if task == "regression":
-        train, val, unit = final["train_eval/loss"], final["val/loss"], " MSE"
+    if "train_eval/accuracy" not in final:
+        train, val, unit = final["train_eval/loss"], final["val/loss"], " loss"
         fmt = lambda v: f"{v:.4f}"  # noqa: E731
     else:
         train, val, unit = 1 - final["train_eval/accuracy"], 1 - final["val/accuracy"], ""
         fmt = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     gap = val - train
-    if train > 2 * max(gap, 0) and train > (0.05 if task != "regression" else 0.3):
+    if train > 2 * max(gap, 0) and train > (0.05 if "train_eval/accuracy" in final else 0.3):
         verdict = "high bias: train longer, a bigger model or less regularisation"
     elif gap > max(train, 0.01):
         verdict = "high variance: more data, augmentation, L2/dropout or early stopping"

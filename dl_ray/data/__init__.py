@@ -6,15 +6,15 @@ worker builds its own copy from the same seed and gets the same split.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import TensorDataset
 
-Task = Literal["regression", "binary", "multiclass"]
+Task = Literal["regression", "binary", "multiclass"]  # families may add their own (e.g. "seq2seq")
 
 
 class DataConfig(BaseModel):
@@ -37,10 +37,18 @@ class DataBundle:
     train: TensorDataset
     val: TensorDataset
     test: TensorDataset
-    task: Task
+    task: str
     input_shape: tuple[int, ...]
     num_outputs: int
     """Classes for multiclass, 1 for binary and regression."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Family-specific facts the model needs (vocabularies, lengths, ...)."""
+
+    @property
+    def io(self):
+        from dl_ray.models.base import ModelIO
+
+        return ModelIO(self.input_shape, self.num_outputs, self.task, self.meta)
 
     def example_batch(self, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train.tensors[0][:n], self.train.tensors[1][:n]

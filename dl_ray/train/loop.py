@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader
 
 from dl_ray.data import build_data
 from dl_ray.data.augment import shift_rotate
-from dl_ray.models import ModelIO, TaskModel, build_model
+from dl_ray.models import TaskModel, build_model
 from dl_ray.spec import JobSpec, parse_spec
 from dl_ray.train import checkpoints
 from dl_ray.train.optim import make_optimizer, make_scheduler
 from dl_ray.train.progress import ProgressSender
 from dl_ray.tracking import History, WandbRun, write_summary
 
-FAIL_AT_EPOCH = "DL_RAY_FAIL_AT_EPOCH"  # chaos hook: rank 0 dies once at this epoch (tests)
+FAIL_AT = "DL_RAY_FAIL_AT"  # chaos hook "RUN_NAME:EPOCH": rank 0 of that run dies once at that epoch (tests)
 
 
 class Batches(torch.utils.data.TensorDataset):
@@ -51,11 +51,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # [Ray]
     progress = ProgressSender(config.get("progress") if rank == 0 else None)
-    cfg_t, es = spec.training, spec.regularization.early_stopping
+    cfg_t, es, augment = spec.training, spec.regularization.early_stopping, spec.regularization.augment
 
     torch.manual_seed(cfg_t.seed)
     data = build_data(spec.data)
-    model = build_model(spec.model, ModelIO(data.input_shape, data.num_outputs, data.task), spec.regularization.dropout)
+    model = build_model(spec.model, data.io, spec.regularization.dropout)
     optimizer = make_optimizer(model, spec.optimizer, spec.regularization.l2)
     scheduler = make_scheduler(optimizer, spec.schedule, cfg_t.epochs, spec.optimizer.lr)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False}
@@ -94,27 +94,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         # ---- train one epoch
         net.train()
-        sums = torch.zeros(3, device=device)  # loss * n, correct, n
-        for step, (x, y) in enumerate(train_loader, 1):
-            if spec.regularization.augment.enabled:
-                x = shift_rotate(x, spec.regularization.augment.max_shift, spec.regularization.augment.max_rotation)
+        sums: dict[str, torch.Tensor] = {}
+        for step, batch in enumerate(train_loader, 1):
+            if augment.enabled:
+                batch = (shift_rotate(batch[0], augment.max_shift, augment.max_rotation), *batch[1:])
             with autocast:
-                out = net(x)
-            loss = model.loss(out.float(), y)
+                out = net(*model.inputs(batch))
+            loss = model.loss(out.float(), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg_t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg_t.grad_clip)
             optimizer.step()
-            sums += torch.stack([loss.detach() * len(y), model.num_correct(out.detach(), y).float(), torch.tensor(len(y), device=device, dtype=torch.float)])
+            _accumulate(sums, model.metrics(out.detach().float(), batch))
             progress.batch(epoch + 1, cfg_t.epochs, step, len(train_loader))
-        metrics = {"epoch": epoch + 1, **_summarise("train", _all_reduce(sums, world), data.task)}
-        metrics |= evaluate(net, model, data.val, "val", data.task, rank, world, device)
+        metrics = {"epoch": epoch + 1, **_summarise("train", sums, world)}
+        metrics |= evaluate(model, data.val, "val", rank, world, device)
         scheduler.step()
         elapsed = time.perf_counter() - started
         metrics |= {"lr": lr, "time/epoch_s": elapsed, "perf/samples_per_s": len(data.train) / elapsed}
 
-        if not math.isfinite(metrics["train/loss"]):
+        if not (math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])):
             status = "nonfinite_loss"
             ray.train.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
             break
@@ -158,11 +158,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             model.load_state_dict(checkpoints.read(checkpoints.saved(run_dir)[state["best_epoch"]])["model"])
         final = {}
         for split, dataset in (("train_eval", data.train), ("val", data.val), ("test", data.test)):
-            final |= evaluate(net, model, dataset, split, data.task, rank, world, device)
+            final |= evaluate(model, dataset, split, rank, world, device)
         summary["final"] = final
         if rank == 0:
             history.update_last({k: v for k, v in final.items() if k.startswith("test/")})
-            tracker.log({k: v for k, v in final.items() if k.startswith("test/")}, step=state["epoch"])
         ray.train.report(final | {"epoch": state["epoch"]})  # [Ray] for Tune; kept by us in summary.json
     if rank == 0:
         summary["checkpoint"] = str(checkpoints.latest(run_dir) or "")
@@ -172,34 +171,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(net, model: TaskModel, dataset, split: str, task: str, rank: int, world: int, device) -> dict[str, float]:
-    """Loss and accuracy over ``dataset``, each worker taking every world-th example (no padding)."""
-    net.eval()
-    sums = torch.zeros(3, device=device)
-    for x, y in DataLoader(Batches(*(t[rank::world] for t in dataset.tensors)), batch_size=1024, collate_fn=as_batch):
-        x, y = x.to(device), y.to(device)
-        out = net(x).float()
-        sums += torch.stack([model.loss(out, y) * len(y), model.num_correct(out, y).float(), torch.tensor(len(y), device=device, dtype=torch.float)])
-    return _summarise(split, _all_reduce(sums, world), task)
+def evaluate(model: TaskModel, dataset, split: str, rank: int, world: int, device) -> dict[str, float]:
+    """The model's eval metrics over ``dataset``, each worker taking every world-th example (no padding)."""
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    shard = Batches(*(t[rank::world] for t in dataset.tensors))
+    for batch in DataLoader(shard, batch_size=1024, collate_fn=as_batch):
+        _accumulate(sums, model.eval_metrics(tuple(t.to(device) for t in batch)))
+    return _summarise(split, sums, world)
 
 
-def _all_reduce(sums: torch.Tensor, world: int) -> torch.Tensor:
+def _accumulate(sums: dict[str, torch.Tensor], batch_sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for name, (total, count) in batch_sums.items():
+        pair = torch.stack([total.detach().float(), count.float()])
+        sums[name] = sums[name] + pair if name in sums else pair
+
+
+def _summarise(split: str, sums: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Sum (total, count) pairs over workers and divide: ``{split/name: total / count}``."""
+    names = sorted(sums)
+    stacked = torch.stack([sums[n] for n in names])
     if world > 1:
-        dist.all_reduce(sums)
-    return sums
-
-
-def _summarise(split: str, sums: torch.Tensor, task: str) -> dict[str, float]:
-    loss_sum, correct, n = sums.tolist()
-    out = {f"{split}/loss": loss_sum / max(n, 1)}
-    if task != "regression":
-        out[f"{split}/accuracy"] = correct / max(n, 1)
-    return out
+        dist.all_reduce(stacked)
+    return {f"{split}/{n}": (t / max(c, 1.0)) for n, (t, c) in zip(names, stacked.tolist())}
 
 
 def _maybe_fail(epoch: int, rank: int, run_dir: Path) -> None:
-    """Chaos hook for the fault-tolerance tests: rank 0 dies once when ``DL_RAY_FAIL_AT_EPOCH`` says."""
-    if rank == 0 and os.environ.get(FAIL_AT_EPOCH) == str(epoch):
+    """Chaos hook for the fault-tolerance tests: rank 0 dies once where ``DL_RAY_FAIL_AT`` says."""
+    if rank == 0 and os.environ.get(FAIL_AT) == f"{run_dir.name}:{epoch}":
         marker = run_dir / f".failed_at_epoch_{epoch}"
         if not marker.exists():
             marker.touch()

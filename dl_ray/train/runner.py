@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 
 from dl_ray.data import build_data
-from dl_ray.models import ModelIO, build_model
+from dl_ray.models import build_model
 from dl_ray.report import plot_curves, print_report
 from dl_ray.spec import JobSpec, SpecError, parse_spec
 from dl_ray.tracking import read_summary
@@ -32,7 +32,7 @@ def check(spec: JobSpec) -> None:
     except (OSError, ValueError) as e:
         raise SpecError(f"data ({spec.data.name}): {e}") from None
     try:
-        build_model(spec.model, ModelIO(data.input_shape, data.num_outputs, data.task), spec.regularization.dropout)
+        build_model(spec.model, data.io, spec.regularization.dropout)
     except ValueError as e:
         raise SpecError(str(e)) from None
     if data.task == "regression" and spec.regularization.early_stopping.metric == "val/accuracy":
