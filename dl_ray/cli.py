@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)

@@ -182,7 +182,8 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise SpecError(f"job file {path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SpecError(f"job file {path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"job file {path}: not a text file") from None
     if raw is None:

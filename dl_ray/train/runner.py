@@ -16,6 +16,7 @@ from dl_ray.models import build_model
 from dl_ray.report import plot_curves, print_report
 from dl_ray.spec import JobSpec, SpecError, parse_spec
 from dl_ray.tracking import read_summary
+from dl_ray.train import checkpoints
 
 # Fields that may change when the same run is started again (it resumes); anything else is a new run.
 RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path")
@@ -63,6 +64,8 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     trainer, events = _trainer(spec, local)
     where = "this process (Ray Train local mode)" if local else f"{spec.scaling.num_workers} Ray workers"
     console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {spec.data.name}, {spec.training.epochs} epochs, {where} → {run_dir}")
+    if latest := checkpoints.latest(run_dir):
+        console.print(f"resuming from {latest.name}", highlight=False)
 
     from dl_ray.train.progress import follow
 
