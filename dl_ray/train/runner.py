@@ -19,7 +19,8 @@ from dl_ray.tracking import read_summary
 from dl_ray.train import checkpoints
 
 # Fields that may change when the same run is started again (it resumes); anything else is a new run.
-RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path")
+RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path",
+                     "storage.shared", "cluster")
 
 
 class RunError(RuntimeError):
@@ -100,6 +101,7 @@ def ensure_ray(verbose: bool = False) -> None:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray on this machine."""
     import ray
 
+    _quiet_ray(verbose)
     if ray.is_initialized():
         return
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_"))}
@@ -164,6 +166,8 @@ def _quiet_ray(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(level)
+    # "Token authentication is enabled" is Ray's default (and what we want); say it only when asked.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(level if verbose else logging.ERROR)
 
 
 def _explain(error: BaseException, run_dir: Path) -> str:
