@@ -158,3 +158,17 @@ def test_list_shows_models_datasets_and_their_fields(capsys):
     out = capsys.readouterr().out
     for word in ("lenet5", "mlp", "mnist5k", "digits", "diabetes", "breast_cancer", "activation", "channels"):
         assert word in out
+
+
+def test_bad_data_and_unwritable_storage_exit_2(tmp_path, capsys):
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("\n".join(",".join(["nan"] * 785) for _ in range(20)))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**BASE, "model": {"name": "lenet5"}, "data": {"name": "mnist5k", "path": str(bad_csv)}}))
+    assert main(["train", str(job)]) == 2
+    assert "missing or infinite feature values" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    job.write_text(yaml.safe_dump({**BASE, "storage": {"path": str(blocker)}}))
+    assert main(["train", str(job)]) == 2
+    assert "storage.path: cannot create the run folder" in capsys.readouterr().err

@@ -56,6 +56,10 @@ class DataBundle:
 
 def split(x: np.ndarray, y: np.ndarray, cfg: DataConfig, task: Task, standardize: bool) -> DataBundle:
     """Shuffle by ``cfg.split_seed``, cut into train/val/test, standardise by train statistics."""
+    if not np.isfinite(x).all():
+        raise ValueError(f"data ({cfg.name}): {int((~np.isfinite(x)).sum())} missing or infinite feature values")
+    if len(x) != len(y) or len(x) < 10:
+        raise ValueError(f"data ({cfg.name}): need >= 10 examples with one target each, got {len(x)} x {len(y)}")
     order = np.random.default_rng(cfg.split_seed).permutation(len(x))
     if cfg.limit:
         order = order[: cfg.limit]
@@ -94,4 +98,4 @@ def _build(config: type[DataConfig], json: str) -> DataBundle:
     return DATASETS[cfg.name].build(cfg)
 
 
-from dl_ray.data import images, tabular  # noqa: E402,F401  (register the datasets)
+from dl_ray.data import dates, images, tabular  # noqa: E402,F401  (register the datasets)

@@ -41,6 +41,10 @@ def check(spec: JobSpec) -> None:
         raise SpecError("regularization.early_stopping.metric: val/accuracy needs a classification task; allowed: val/loss")
     if spec.regularization.augment.enabled and len(data.input_shape) != 3:
         raise SpecError(f"regularization.augment: needs image data (C,H,W); data.name={spec.data.name} has shape {data.input_shape}")
+    try:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError(f"storage.path: cannot create the run folder {spec.run_dir}: {e.strerror}") from None
     saved = spec.run_dir / "spec.yaml"
     if saved.is_file():
         before = _flatten(yaml.safe_load(saved.read_text()))
@@ -56,7 +60,6 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     spec = _absolute_paths(spec)
     check(spec)
     run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     local = spec.scaling.num_workers == 0
     _quiet_ray(verbose)
