@@ -9,6 +9,6 @@ def build_model(cfg: ModelConfig, io: ModelIO, dropout: float = 0.0) -> TaskMode
     return MODELS[cfg.name].build(cfg, io, dropout)
 
 
-from dl_ray.models import lenet, mlp  # noqa: E402,F401  (register the families)
+from dl_ray.models import lenet, mlp, seq2seq  # noqa: E402,F401  (register the families)
 
 __all__ = ["ModelConfig", "ModelIO", "TaskModel", "build_model"]
