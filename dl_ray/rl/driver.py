@@ -1,0 +1,318 @@
+"""Driver of ``dl-ray dqn``: Ape-X style DQN on Ray actors, and tabular Q-learning.
+
+The loop reads top to bottom: N env-runner actors play and return replay chunks, which go straight to the
+replay shards (actor i -> shard i % S) without passing through the driver; the learner samples a shard
+and runs ``updates_per_call`` updates per call. The driver owns the replay ratio (sampled transitions per
+env step): it submits learner calls as env steps arrive and holds actors back when the learner falls more
+than ``max_update_lag`` calls behind. Weights go to the object store once per learner call and every actor
+reads that one copy at its next call (every K steps). A dead actor is replaced with the same index
+(same epsilon); the learner never waits on it. Ray appears only on the lines marked ``# [Ray]``.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dl_ray.rl.envs import EnvInfo, describe_env
+from dl_ray.rl.learner import Learner
+from dl_ray.rl.outputs import RunFolder
+from dl_ray.rl.replay import FrameReplay
+from dl_ray.rl.runner import EnvRunner, build_qnet, evaluate
+from dl_ray.rl.spec import RLJobSpec, SpecError, parse_rl_spec
+
+
+def check(spec: RLJobSpec) -> EnvInfo:
+    """Everything knowable before starting: the env exists, the Q-network fits it, the run folder agrees."""
+    info = describe_env(spec.env)
+    if spec.algorithm == "q_learning":
+        if info.num_states is None:
+            raise SpecError(f"algorithm: q_learning needs discrete states (FrozenLake-v1, Taxi-v3); {spec.env.id} has {info.obs_shape}")
+    else:
+        if info.num_states is not None:
+            raise SpecError(f"algorithm: dqn needs vector or image observations; {spec.env.id} has discrete states (use q_learning)")
+        try:
+            build_qnet(spec, info)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        if spec.replay.shards > spec.actors.num_actors:
+            raise SpecError(f"replay.shards: {spec.replay.shards} shards need >= as many actors (actors.num_actors={spec.actors.num_actors})")
+    RunFolder(spec).check()
+    return info
+
+
+def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, Any]:
+    raw = spec.to_dict()
+    raw["storage"]["path"] = str(spec.run_dir.parent)
+    spec = parse_rl_spec(raw)
+    info = check(spec)
+    if spec.algorithm == "q_learning":
+        from dl_ray.rl.tabular import run_q_learning
+
+        return run_q_learning(spec, info, console)
+    from dl_ray.train.runner import _quiet_ray, ensure_ray
+
+    _quiet_ray(verbose)
+    ensure_ray(verbose)
+    import ray  # [Ray]
+
+    try:
+        return DQNRun(spec, info, console).run()
+    except ray.exceptions.RayError as e:  # [Ray] a learner or replay failure: one line, the rest in error.txt
+        from dl_ray.train.runner import RunError, _explain
+
+        raise RunError(_explain(e, spec.run_dir)) from e
+
+
+class DQNRun:
+    def __init__(self, spec: RLJobSpec, info: EnvInfo, console: Console):
+        import ray  # [Ray]
+
+        self.ray, self.spec, self.info, self.console = ray, spec, info, console
+        self._place(ray.cluster_resources())  # [Ray] before anything is written
+        self.folder = RunFolder(spec)
+        saved = self.folder.open()
+        self.counters = dict(saved["counters"]) if saved else {"env_steps": 0, "episodes": 0, "actor_restarts": 0}
+        self.returns: deque[float] = deque(maxlen=100)
+        self.last_eval: dict[str, float] = {}
+        r = spec.replay
+        shard_capacity = r.capacity // r.shards
+        Shard = ray.remote(num_cpus=0)(FrameReplay)  # [Ray]
+        self.shards = [Shard.remote(shard_capacity, info.frame_shape, info.obs_dtype, info.stack, r.prioritized,
+                                    r.priority_alpha, spec.seed + s) for s in range(r.shards)]
+        self.learner = ray.remote(Learner).options(num_cpus=spec.learner.num_cpus, num_gpus=self.gpus).remote(  # [Ray]
+            spec, info, self.device, max(1, int(spec.learner.num_cpus)))
+        restored = bool(saved and saved["replay"])
+        if saved:
+            ray.get([self.learner.load_state.remote(saved["learner"])]  # [Ray]
+                    + [s.load_state.remote(state) for s, state in zip(self.shards, saved["replay"])])
+            console.print(f"resumed from {self.folder.checkpoint_dir} at env step {self.counters['env_steps']:,}"
+                          f"{' with its replay' if restored else ' (replay refills first)'}")
+        self.updates_done = self.updates_submitted = saved["learner"]["updates"] if saved else 0
+        self.base_updates = self.updates_done
+        self.ready_at = self.counters["env_steps"] + (0 if restored else spec.dqn.learning_starts)
+        self.weights = self.learner.weights.remote()  # [Ray] one put, read by every actor
+        self.evaluate = ray.remote(num_cpus=0)(evaluate)  # [Ray]
+        self.actors: dict[int, Any] = {}
+        self.collecting: dict[Any, tuple[int, Any]] = {}  # stats ref -> (actor index, chunk ref)
+        self.paused: list[int] = []
+        self.training: dict[Any, Any] = {}  # metrics ref -> priorities ref
+        self.evaluating: dict[Any, tuple[int, Any]] = {}  # eval ref -> (env steps, weights ref)
+        self.best: dict[str, float] = {}
+        self.loss, self.q_mean, self.epsilons = float("nan"), float("nan"), {}
+
+    def _place(self, resources: dict[str, float]) -> None:
+        a, learner = self.spec.actors, self.spec.learner
+        want = a.num_actors * a.cpus_per_actor + learner.num_cpus
+        if want > resources.get("CPU", 0):
+            raise SpecError(f"actors.cpus_per_actor: {a.num_actors} actors x {a.cpus_per_actor} + learner.num_cpus "
+                            f"{learner.num_cpus} = {want:g} CPUs, the Ray cluster has {resources.get('CPU', 0):g}; "
+                            f"lower actors.num_actors, actors.cpus_per_actor or learner.num_cpus")
+        has_gpu = resources.get("GPU", 0) >= 1
+        if learner.device == "cuda" and not has_gpu:
+            raise SpecError("learner.device: cuda, but the Ray cluster has no GPU; allowed: auto, cpu")
+        self.gpus = 1 if learner.device == "cuda" or (learner.device == "auto" and has_gpu) else 0
+        self.device = "cuda" if self.gpus else "cpu"
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        spec, c = self.spec, self.counters
+        total = spec.dqn.total_env_steps
+        for i in range(spec.actors.num_actors):
+            self._start_actor(i)
+            self._collect(i)
+        next_log, next_ckpt = self._next(c["env_steps"], spec.dqn.log_every_env_steps), self._next(c["env_steps"], spec.checkpoint.every_env_steps)
+        every_eval = spec.evaluation.every_env_steps
+        next_eval = self._next(c["env_steps"], every_eval) if every_eval else None
+        self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {spec.actors.num_actors} actors x "
+                           f"{spec.actors.envs_per_actor} envs, learner on {self.device} → {self.folder.dir}")
+        self.t0, self.mark = time.monotonic(), (time.monotonic(), c["env_steps"], self.updates_done)
+        with self._progress() as bar:
+            task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
+            while c["env_steps"] < total:
+                self._submit_updates()
+                self._wait_and_handle()
+                if c["env_steps"] >= next_log:
+                    next_log = self._next(c["env_steps"], spec.dqn.log_every_env_steps)
+                    self._log_row(bar)
+                if next_eval is not None and c["env_steps"] >= next_eval:
+                    next_eval = self._next(c["env_steps"], every_eval)
+                    self._evaluate()
+                if c["env_steps"] >= next_ckpt:
+                    next_ckpt = self._next(c["env_steps"], spec.checkpoint.every_env_steps)
+                    self._checkpoint()
+                bar.update(task, completed=min(c["env_steps"], total), stats=self._stats_text())
+        self.ray.get(list(self.training))  # [Ray] let in-flight updates land
+        self._drain_training()
+        if self.mark[1] != c["env_steps"]:
+            self._log_row(None)
+        self._checkpoint()
+        for ref in list(self.evaluating):
+            self._eval_done(ref)
+        self._eval_done(self._evaluate(), final=True)
+        return self._finish()
+
+    @staticmethod
+    def _next(now: int, every: int) -> int:
+        return (now // every + 1) * every
+
+    def _wait_and_handle(self) -> None:
+        ray = self.ray
+        pending = list(self.collecting) + list(self.training) + list(self.evaluating)
+        ready, _ = ray.wait(pending, num_returns=1, timeout=1.0)  # [Ray]
+        for ref in ready:
+            if ref in self.collecting:
+                self._chunk_done(ref)
+            elif ref in self.training:
+                self._training_done(ref)
+            else:
+                self._eval_done(ref)
+        if self.paused and not self._learner_behind():
+            for i in self.paused:
+                self._collect(i)
+            self.paused = []
+
+    # ------------------------------------------------------------------ actors
+
+    def _start_actor(self, i: int) -> None:
+        a = self.spec.actors
+        seed = self.spec.seed + 10_000 * i + 1_000_000 * self.counters["actor_restarts"] + self.counters["env_steps"]
+        Actor = self.ray.remote(EnvRunner).options(num_cpus=a.cpus_per_actor, max_restarts=0)  # [Ray]
+        self.actors[i] = Actor.remote(self.spec, self.info, i, seed, 1)
+
+    def _collect(self, i: int) -> None:
+        stats, chunk = self.actors[i].collect.options(num_returns=2).remote(  # [Ray]
+            self.weights, self.spec.actors.steps_per_call, self.counters["env_steps"])
+        self.collecting[stats] = (i, chunk)
+
+    def _chunk_done(self, ref: Any) -> None:
+        i, chunk = self.collecting.pop(ref)
+        try:
+            stats = self.ray.get(ref)  # [Ray]
+        except self.ray.exceptions.RayActorError as e:  # [Ray] the actor died: replace it, same index and epsilon
+            self.counters["actor_restarts"] += 1
+            self.console.print(f"actor {i} died ({type(e).__name__}); restarted it "
+                               f"({self.counters['actor_restarts']} restarts so far)")
+            self._start_actor(i)
+            self._collect(i)
+            return
+        self.shards[i % len(self.shards)].add.remote(chunk)  # [Ray] the chunk never visits the driver
+        self.counters["env_steps"] += stats["steps"]
+        self.counters["episodes"] += len(stats["episodes"])
+        self.returns.extend(ret for ret, _ in stats["episodes"])
+        self.epsilons[i] = stats["epsilon"]
+        if self._learner_behind():
+            self.paused.append(i)
+        else:
+            self._collect(i)
+
+    # ------------------------------------------------------------------ learner and replay ratio
+
+    def _updates_due(self) -> int:
+        d = self.spec.dqn
+        return self.base_updates + int(max(0, self.counters["env_steps"] - self.ready_at) * d.replay_ratio / d.batch_size)
+
+    def _learner_behind(self) -> bool:
+        d = self.spec.dqn
+        return self._updates_due() - self.updates_done > d.max_update_lag * d.updates_per_call
+
+    def _submit_updates(self) -> None:
+        d, r = self.spec.dqn, self.spec.replay
+        if self.counters["env_steps"] < self.ready_at:
+            return
+        while len(self.training) < 2 and self.updates_submitted + d.updates_per_call <= self._updates_due():
+            shard = self.shards[(self.updates_submitted // d.updates_per_call) % len(self.shards)]
+            beta = r.priority_beta + (1 - r.priority_beta) * min(1.0, self.counters["env_steps"] / d.total_env_steps)
+            sample = shard.sample.remote(d.updates_per_call * d.batch_size, beta)  # [Ray]
+            metrics, positions, td_abs = self.learner.train.options(num_returns=3).remote(sample, d.updates_per_call)  # [Ray]
+            if r.prioritized:
+                shard.update_priorities.remote(positions, td_abs)  # [Ray] straight from learner to replay
+            self.training[metrics] = shard
+            self.updates_submitted += d.updates_per_call
+
+    def _training_done(self, ref: Any) -> None:
+        self.training.pop(ref)
+        m = self.ray.get(ref)  # [Ray]
+        self.updates_done, self.loss, self.q_mean = m["updates"], m["loss"], m["q_mean"]
+        self.weights = self.learner.weights.remote()  # [Ray] fresh weights for the actors' next calls
+
+    def _drain_training(self) -> None:
+        for ref in list(self.training):
+            self._training_done(ref)
+
+    # ------------------------------------------------------------------ evaluation, logging, checkpoints
+
+    def _evaluate(self) -> Any:
+        e, steps = self.spec.evaluation, self.counters["env_steps"]
+        ref = self.evaluate.remote(self.spec, self.info, self.weights, e.episodes, e.epsilon, self.spec.seed + 7_777 + steps)  # [Ray]
+        self.evaluating[ref] = (steps, self.weights)
+        return ref
+
+    def _eval_done(self, ref: Any, final: bool = False) -> None:
+        steps, weights = self.evaluating.pop(ref)
+        result = self.ray.get(ref)  # [Ray]
+        self.last_eval = result
+        self.folder.log({"env_steps": steps, **result})
+        if result["eval/return_mean"] > self.best.get("best_eval/return_mean", -np.inf):
+            self.best = {"best_eval/return_mean": result["eval/return_mean"], "best_eval/env_steps": steps}
+            torch.save(self.ray.get(weights), self.folder.dir / "best_weights.pt")  # [Ray]
+        self.console.print(f"evaluation at {steps:,} env steps: return {result['eval/return_mean']:.2f} "
+                           f"± {result['eval/return_std']:.2f} over {result['eval/episodes']} episodes"
+                           + (" (final)" if final else ""), highlight=False)
+
+    def _rates(self) -> dict[str, float]:
+        now, (t, steps, updates) = time.monotonic(), self.mark
+        dt = max(now - t, 1e-6)
+        return {"sps": (self.counters["env_steps"] - steps) / dt, "updates_per_s": (self.updates_done - updates) / dt}
+
+    def _stats_text(self) -> str:
+        r = self._rates()
+        recent = f"{np.mean(self.returns):.1f}" if self.returns else "–"
+        eps = np.mean(list(self.epsilons.values())) if self.epsilons else float("nan")
+        fps = r["sps"] * (self.spec.env.frame_skip if self.spec.env.is_atari else 1)
+        replay = min(self.counters["env_steps"], self.spec.replay.capacity)
+        return (f"{fps / 1000:.1f}k fps │ {r['updates_per_s']:.0f} upd/s │ {self.counters['episodes']} ep │ "
+                f"return {recent} │ ε {eps:.3f} │ replay {replay / 1000:.0f}k")
+
+    def _log_row(self, bar: Progress | None) -> None:
+        c, r = self.counters, self._rates()
+        row = {"env_steps": c["env_steps"], "updates": self.updates_done, "episodes": c["episodes"],
+               "episodic_return": float(np.mean(self.returns)) if self.returns else None,
+               "loss": self.loss, "q_mean": self.q_mean, "sps": r["sps"], "updates_per_s": r["updates_per_s"],
+               "epsilon": float(np.mean(list(self.epsilons.values()))) if self.epsilons else None,
+               "actor_restarts": c["actor_restarts"], "time_s": time.monotonic() - self.t0}
+        self.folder.log({k: v for k, v in row.items() if v is not None and v == v})
+        line = f"{c['env_steps']:>9,} steps │ {self._stats_text()}"
+        self.mark = (time.monotonic(), c["env_steps"], self.updates_done)
+        (bar.console if bar else self.console).print(line, highlight=False, soft_wrap=True)
+
+    def _checkpoint(self) -> None:
+        ray = self.ray
+        learner = ray.get(self.learner.state.remote())  # [Ray] queued after the in-flight updates
+        replay = ray.get([s.state.remote() for s in self.shards]) if self.spec.replay.save_in_checkpoint else None  # [Ray]
+        self.folder.save({"learner": learner, "counters": dict(self.counters), "spec": self.spec.to_dict()}, replay)
+
+    def _finish(self) -> dict[str, Any]:
+        replay = self.ray.get([s.stats.remote() for s in self.shards])  # [Ray]
+        frames = sum(s["frames"] for s in replay)
+        summary = {"status": "finished", "algorithm": "dqn", "env": self.spec.env.id, **self.counters,
+                   "updates": self.updates_done, "time_s": time.monotonic() - self.t0,
+                   "recent_return": float(np.mean(self.returns)) if self.returns else None,
+                   "replay_frames": frames, "replay_bytes_per_slot": sum(s["bytes"] for s in replay) / self.spec.replay.capacity,
+                   **self.last_eval, **self.best}
+        for actor in self.actors.values():
+            self.ray.kill(actor)  # [Ray]
+        self.folder.finish(summary)
+        self.console.print(f"done: {summary['env_steps']:,} env steps, {summary['updates']:,} updates, "
+                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f} → {self.folder.dir}")
+        return summary
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("dqn"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[stats]}"), console=self.console, transient=True)

@@ -1,0 +1,126 @@
+"""An RL run folder: ``spec.yaml``, ``metrics.csv`` (+ W&B), ``checkpoint/``, ``summary.json``, ``curves.png``.
+
+The same command on the same folder resumes from ``checkpoint/`` (written atomically: a killed driver
+leaves either the previous or the new checkpoint, never half of one).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from dl_ray.rl.spec import RLJobSpec, SpecError
+from dl_ray.tracking import History, WandbRun, write_summary
+
+# Fields that may change when a run is started again (it resumes); anything else needs a new storage.name.
+RESUMABLE = ("dqn.total_env_steps", "q_learning.episodes", "actors.num_actors", "actors.cpus_per_actor", "actors.env_threads",
+             "learner", "evaluation", "checkpoint", "tracking", "storage.path")
+
+
+class RunFolder:
+    def __init__(self, spec: RLJobSpec):
+        self.spec, self.dir = spec, spec.run_dir
+        self.checkpoint_dir = self.dir / "checkpoint"
+        self.history = History(self.dir / "metrics.csv")
+        self.wandb: WandbRun | None = None
+
+    def check(self) -> None:
+        """A folder holding a run with another spec is refused (nothing is overwritten)."""
+        saved = self.dir / "spec.yaml"
+        if not saved.is_file():
+            return
+        before, now = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(self.spec.to_dict())
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and not k.startswith(RESUMABLE))
+        if changed:
+            raise SpecError(f"storage.name: {self.dir} holds a run with a different spec ({', '.join(changed[:4])}); "
+                            f"rerun it unchanged to resume, or pick a new --set storage.name=...")
+
+    def open(self) -> dict[str, Any] | None:
+        """Create the folder, start tracking; returns the last checkpoint (or None for a fresh run)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "spec.yaml").write_text(yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
+        state = self.load()
+        self.history.rows = _read_rows(self.history.path, until=state["counters"]["env_steps"]) if state else []
+        self.wandb = WandbRun(self.spec, self.dir)
+        return state
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        if self.wandb:
+            self.wandb.log({k: v for k, v in row.items() if k != "env_steps"}, step=int(row["env_steps"]))
+
+    def save(self, state: dict[str, Any], replay: list[dict[str, np.ndarray]] | None = None) -> None:
+        tmp, old = self.dir / "checkpoint.tmp", self.dir / "checkpoint.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
+        for i, shard in enumerate(replay or []):
+            np.savez(tmp / f"replay_{i}.npz", **shard)
+        shutil.rmtree(old, ignore_errors=True)
+        if self.checkpoint_dir.exists():
+            self.checkpoint_dir.rename(old)
+        tmp.rename(self.checkpoint_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self) -> dict[str, Any] | None:
+        for folder in (self.checkpoint_dir, self.dir / "checkpoint.old"):  # .old: killed between the two renames
+            if (folder / "state.pt").is_file():
+                state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+                state["replay"] = [dict(np.load(p)) for p in sorted(folder.glob("replay_*.npz"))]
+                return state
+        return None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        write_summary(self.dir, summary)
+        plot_returns(self.dir / "metrics.csv", self.dir / "curves.png")
+        if self.wandb:
+            self.wandb.finish({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+
+
+def plot_returns(csv_path: Path, png: Path) -> None:
+    """Training episodic return and evaluation return against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    if not csv_path.is_file():
+        return
+    df = pd.read_csv(csv_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for column, label in (("episodic_return", "training episodes (raw return)"), ("eval/return_mean", "evaluation")):
+        if column in df:
+            part = df[["env_steps", column]].dropna()
+            ax.plot(part["env_steps"], part[column], marker="o" if column.startswith("eval") else None, label=label)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def _read_rows(path: Path, until: int) -> list[dict[str, Any]]:
+    """Rows of ``metrics.csv`` up to env step ``until`` (a resumed run redoes the later ones)."""
+    if not path.is_file():
+        return []
+    import pandas as pd
+
+    rows = pd.read_csv(path).to_dict("records")
+    return [{k: v for k, v in r.items() if v == v} for r in rows if r["env_steps"] <= until]  # v == v drops NaN
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

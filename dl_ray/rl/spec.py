@@ -1,0 +1,229 @@
+"""The RL job spec: one YAML file (``dl-ray dqn jobs/rl/dqn_pong.yaml``), validated into typed sections.
+
+Same rules as the supervised spec (:mod:`dl_ray.spec`): every field has a docstring, every bad key, value,
+override or environment id is one :class:`SpecError` line naming the dotted path and the allowed values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SerializeAsAny, ValidationError, model_validator
+
+from dl_ray.models import ModelConfig
+from dl_ray.registry import MODELS
+from dl_ray.spec import OptimizerSpec, Section, SpecError, StorageSpec, TrackingSpec, _describe, _parse_named, apply_override
+
+
+class EnvSpec(Section):
+    id: str = "ALE/Pong-v5"
+    """Gymnasium id: ALE/<Game>-v5 (Atari, pixels), CartPole-v1 (vectors), FrozenLake-v1 / Taxi-v3 (tabular)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra gymnasium.make arguments for non-Atari envs, e.g. {map_name: 4x4, is_slippery: true}."""
+    frame_skip: int = Field(4, ge=1)
+    """Atari: emulator frames per agent step (the emulator itself runs frameskip=1); max over the last two."""
+    frame_stack: int = Field(4, ge=1)
+    """Atari: frames stacked into one observation."""
+    screen_size: int = Field(84, ge=16)
+    """Atari: grayscale frames are resized to screen_size x screen_size."""
+    noop_max: int = Field(30, ge=0)
+    """Atari: up to this many no-op actions after each reset (training and evaluation)."""
+    fire_reset: bool = True
+    """Atari: press FIRE after reset in games that need it to start (Breakout, ...)."""
+    terminal_on_life_loss: bool = True
+    """Atari: a lost life ends the bootstrap (training only; evaluation plays whole games)."""
+    clip_rewards: bool = True
+    """Clip training rewards to [-1, 1]; returns are always reported unclipped."""
+    sticky_actions: float = Field(0.0, ge=0, lt=1)
+    """Atari: probability that the emulator repeats the previous action (Machado et al. use 0.25); 0 = off."""
+    max_episode_frames: int = Field(108_000, ge=100)
+    """Atari: an episode is truncated after this many emulator frames (30 minutes of play)."""
+
+    @property
+    def is_atari(self) -> bool:
+        return self.id.startswith("ALE/")
+
+
+class ExplorationSpec(Section):
+    schedule: Literal["apex", "linear"] = "apex"
+    """apex: fixed per-actor eps_i = epsilon^(1 + alpha*i/(N-1)); linear: every actor anneals start -> end."""
+    epsilon: float = Field(0.4, gt=0, le=1)
+    """apex: base epsilon."""
+    alpha: float = Field(7.0, ge=0)
+    """apex: spread of the per-actor epsilons (actor N-1 gets epsilon^(1+alpha))."""
+    start: float = Field(1.0, ge=0, le=1)
+    """linear: epsilon at env step 0."""
+    end: float = Field(0.01, ge=0, le=1)
+    """linear: epsilon after anneal_steps env steps, kept from then on."""
+    anneal_steps: int = Field(100_000, ge=1)
+    """linear: env steps (all actors together) over which epsilon goes from start to end."""
+
+
+class ActorsSpec(Section):
+    num_actors: int = Field(2, ge=1)
+    """Ray actors playing in parallel (each with its own epsilon and Q-network copy)."""
+    envs_per_actor: int = Field(8, ge=1)
+    """Environments each actor steps as one vector (batched inference)."""
+    steps_per_call: int = Field(32, ge=1)
+    """K: vector steps per actor call; transitions go to replay in chunks of K x envs_per_actor and the
+    actor takes the latest weights (one object-store put shared by all actors) at every call."""
+    cpus_per_actor: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for each actor (0.5 lets 2 actors and the learner share 2 cores)."""
+    env_threads: int = Field(1, ge=1)
+    """Atari: C++ threads of each actor's AtariVectorEnv."""
+    exploration: ExplorationSpec = ExplorationSpec()
+
+
+class ReplaySpec(Section):
+    capacity: int = Field(1_000_000, ge=100)
+    """Stored frames over all shards (one 84x84 frame per transition; stacks are rebuilt by index)."""
+    shards: int = Field(1, ge=1)
+    """Replay Ray actors; actor i writes to shard i % shards, the learner samples them in turn."""
+    prioritized: bool = False
+    """Prioritized replay (proportional, sum tree) instead of uniform sampling."""
+    priority_alpha: float = Field(0.6, ge=0, le=1)
+    """prioritized: P(i) ~ |td_error_i|^alpha."""
+    priority_beta: float = Field(0.4, ge=0, le=1)
+    """prioritized: importance-sampling exponent at the start, annealed linearly to 1 at the last step."""
+    save_in_checkpoint: bool = False
+    """Also checkpoint the replay contents (large); otherwise a resumed run refills it from learning_starts."""
+
+
+class DQNSpec(Section):
+    total_env_steps: int = Field(1_000_000, ge=1)
+    """Agent steps over all actors (Atari: one step = frame_skip emulator frames)."""
+    gamma: float = Field(0.99, gt=0, le=1)
+    """Discount of future rewards."""
+    batch_size: int = Field(32, ge=1)
+    """Transitions per gradient update."""
+    replay_ratio: float = Field(8.0, gt=0)
+    """Sampled transitions per env step, enforced by the driver (8 = batch 32 every 4 steps, as in Nature DQN)."""
+    learning_starts: int = Field(20_000, ge=1)
+    """Env steps collected before the first update."""
+    target_update_every: int = Field(2_000, ge=1)
+    """C: the target network is a copy of the online network, refreshed every C updates."""
+    grad_clip: float | None = Field(10.0, gt=0)
+    """Clip the global gradient norm to this value; null = no clipping."""
+    updates_per_call: int = Field(32, ge=1)
+    """Updates the learner runs per Ray call (with one replay sample of that many batches)."""
+    max_update_lag: int = Field(4, ge=1)
+    """Learner calls the actors may run ahead of the replay ratio before the driver pauses them."""
+    log_every_env_steps: int = Field(10_000, ge=1)
+    """A metrics.csv row (and a progress line) every so many env steps."""
+
+
+class LearnerSpec(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = a GPU when the Ray cluster has one, else CPU."""
+    num_cpus: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for the learner (also its torch threads, rounded up)."""
+
+
+class EvalSpec(Section):
+    episodes: int = Field(30, ge=1)
+    """Episodes per evaluation (whole games: no life-loss terminal, unclipped rewards, no-op starts)."""
+    epsilon: float = Field(0.05, ge=0, le=1)
+    """Epsilon of the evaluation policy."""
+    every_env_steps: int | None = Field(250_000, ge=1)
+    """Evaluate in the background every so many env steps (and always at the end); null = only at the end."""
+    video: bool = False
+    """Save an MP4 of one evaluation episode at the end (needs moviepy)."""
+
+
+class QLearningSpec(Section):
+    episodes: int = Field(20_000, ge=1)
+    """Training episodes."""
+    alpha: float = Field(0.1, gt=0, le=1)
+    """Learning rate of the Bellman update Q += alpha * (r + gamma * max Q' - Q); 1 suits deterministic envs."""
+    alpha_end: float | None = Field(None, gt=0, le=1)
+    """If set, alpha decays linearly to this value over the episodes."""
+    gamma: float = Field(0.99, gt=0, le=1)
+    """Discount of future rewards."""
+    epsilon_start: float = Field(1.0, ge=0, le=1)
+    """Exploration at the first episode."""
+    epsilon_end: float = Field(0.05, ge=0, le=1)
+    """Exploration after decay_fraction of the episodes."""
+    decay_fraction: float = Field(0.5, gt=0, le=1)
+    """Fraction of the episodes over which epsilon decays linearly."""
+    eval_episodes: int = Field(1000, ge=1)
+    """Greedy evaluation episodes at the end (success rate = share of episodes with a positive return)."""
+
+
+class CheckpointSpec(Section):
+    every_env_steps: int = Field(100_000, ge=1)
+    """Save learner, optimiser, counters (and replay if replay.save_in_checkpoint) every so many env steps."""
+
+
+class RLJobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Job name (letters, digits, '_', '-', '.')."""
+    description: str = ""
+    algorithm: Literal["dqn", "q_learning"] = "dqn"
+    """dqn (Ray actors, replay, target network) or q_learning (tabular, FrozenLake/Taxi)."""
+    seed: int = 0
+    """Seeds networks, environments and exploration."""
+    env: EnvSpec = EnvSpec()
+    model: SerializeAsAny[ModelConfig] | None = None
+    """Q-network (nature_cnn for Atari, q_mlp for vectors); dqn only."""
+    dqn: DQNSpec = DQNSpec()
+    optimizer: OptimizerSpec = OptimizerSpec(name="adam", lr=1e-4)
+    replay: ReplaySpec = ReplaySpec()
+    actors: ActorsSpec = ActorsSpec()
+    learner: LearnerSpec = LearnerSpec()
+    evaluation: EvalSpec = EvalSpec()
+    q_learning: QLearningSpec = QLearningSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.algorithm == "dqn" and self.model is None:
+            raise ValueError("dqn needs a model section (name: nature_cnn for Atari, q_mlp for vector observations)")
+        if self.replay.capacity < self.replay.shards * 1000:
+            raise ValueError(f"replay.capacity must hold >= 1000 frames per shard (got {self.replay.capacity})")
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.storage.name or self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return (Path(self.storage.path) / self.run_name).absolute()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_rl_spec(path: str | Path, overrides: list[str] = ()) -> RLJobSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"job file: no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SpecError(f"job file {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"job file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_rl_spec(raw)
+
+
+def parse_rl_spec(raw: dict) -> RLJobSpec:
+    raw = dict(raw)
+    if raw.get("model") is not None:
+        raw["model"] = _parse_named(raw["model"], "model", MODELS)
+    try:
+        spec = RLJobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_describe(e, RLJobSpec, "")) from None
+    if spec.model is not None and spec.model.name not in QNETS:
+        raise SpecError(f"model.name: {spec.model.name!r} is not a Q-network; allowed: {', '.join(QNETS)}")
+    return spec
+
+
+QNETS = ("nature_cnn", "q_mlp")

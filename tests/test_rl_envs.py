@@ -1,0 +1,63 @@
+"""Environments (ale-py vector env == Gymnasium's reference wrappers), spec errors, tabular Q-learning."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tests.conftest import ROOT, cli
+
+from dl_ray.rl.envs import make_reference_env, make_vector_env
+from dl_ray.rl.spec import EnvSpec
+
+
+@pytest.mark.parametrize("env_id", ["ALE/Pong-v5", "ALE/Breakout-v5"])
+def test_vector_env_matches_gymnasium_atari_preprocessing_and_frame_stack(env_id):
+    """Same seed, same actions: identical 4x84x84 stacks, rewards and terminations at every step.
+
+    Gymnasium's AtariPreprocessing has no FIRE reset and draws its no-op count from another random
+    stream, so both are off here (they are on in training).
+    """
+    env = EnvSpec(id=env_id, noop_max=0, fire_reset=False)
+    vec, ref = make_vector_env(env, 1), make_reference_env(env)
+    obs, _ = vec.reset(seed=7)
+    ref_obs, _ = ref.reset(seed=7)
+    np.testing.assert_array_equal(obs[0], ref_obs)
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(600):
+        action = int(rng.integers(vec.single_action_space.n))
+        obs, reward, terminated, truncated, _ = vec.step(np.array([action]))
+        ref_next, ref_reward, ref_terminated, ref_truncated, _ = ref.step(action)
+        changed += int((ref_next != ref_obs).any())
+        ref_obs = ref_next
+        np.testing.assert_array_equal(obs[0], ref_obs)
+        assert (reward[0], terminated[0], truncated[0]) == (ref_reward, ref_terminated, ref_truncated)
+        if terminated[0] or truncated[0]:
+            break
+    assert changed > 100 and obs.shape == (1, 4, 84, 84) and obs.dtype == np.uint8
+
+
+def test_bad_env_id_is_one_line_and_exit_2():
+    code, out, err = cli("dqn", "jobs/rl/dqn_pong.yaml", "--set", "env.id=ALE/Pongg-v5", "--dry-run")
+    assert code == 2 and err.count("\n") == 1
+    assert "env.id: unknown environment 'ALE/Pongg-v5' (did you mean 'ALE/Pong-v5'?)" in err
+    code, _, err = cli("dqn", "jobs/rl/dqn_cartpole.yaml", "--set", "model.name=nature_cnn", "--set", "model.hidden=512",
+                       "--dry-run")
+    assert code == 2 and "nature_cnn needs image observations" in err
+    code, _, err = cli("dqn", "jobs/rl/dqn_cartpole.yaml", "--set", "actors.exploration.schedule=cosine")
+    assert code == 2 and "actors.exploration.schedule" in err and "'apex'" in err
+    code, _, err = cli("dqn", "jobs/rl/q_learning_frozenlake.yaml", "--set", "algorithm=dqn")
+    assert code == 2 and "dqn needs a model section" in err
+
+
+def test_q_learning_frozenlake_success_rate(tmp_path):
+    """Acceptance: slippery 4x4 FrozenLake, greedy success >= 0.70 over 1000 evaluation episodes."""
+    code, out, err = cli("dqn", "jobs/rl/q_learning_frozenlake.yaml", "--set", f"storage.path={tmp_path}",
+                         "--set", "tracking.wandb=disabled")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "q_learning_frozenlake" / "summary.json").read_text())
+    assert summary["eval/episodes"] == 1000
+    assert summary["eval/success_rate"] >= 0.70, summary
+    assert (tmp_path / "q_learning_frozenlake" / "metrics.csv").read_text().count("\n") >= 50
+    assert ROOT.joinpath("jobs/rl/q_learning_frozenlake.yaml").is_file()
