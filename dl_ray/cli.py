@@ -24,6 +24,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("list", help="registered models and datasets with their config fields")
 
+    # --- dl-ray tune (dl_ray/tune): hyperparameter sweeps on Ray Tune ---
+    tune = sub.add_parser("tune", help="sweep a job's fields with Ray Tune (the same command again resumes)")
+    tune.add_argument("sweep", help="sweep YAML (a job + a tune: section), e.g. jobs/sweeps/mnist_lr_decay_dropout.yaml")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                      help="override a field, e.g. --set tune.num_samples=4 or --set training.epochs=3 (repeatable)")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep (fails if there is none)")
+    tune.add_argument("--dry-run", action="store_true", help="validate and print the base job and search space, start nothing")
+    tune.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -32,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list(console)
+        if args.command == "tune":
+            from dl_ray.tune.sweep import command
+
+            return command(args.sweep, args.overrides, console, resume=args.resume, dry_run=args.dry_run, verbose=args.verbose)
         spec = load_spec(args.job, args.overrides)
         if args.dry_run:
             import yaml

@@ -14,8 +14,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -24,7 +22,7 @@ from dl_ray.data import build_data
 from dl_ray.data.augment import shift_rotate
 from dl_ray.models import TaskModel, build_model
 from dl_ray.spec import JobSpec, parse_spec
-from dl_ray.train import checkpoints
+from dl_ray.train import checkpoints, session
 from dl_ray.train.optim import make_optimizer, make_scheduler
 from dl_ray.train.progress import ProgressSender
 from dl_ray.tracking import History, WandbRun, write_summary
@@ -47,9 +45,9 @@ def as_batch(batch):
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     spec: JobSpec = parse_spec(config["spec"])
     run_dir, local_mode = Path(config["run_dir"]), config["local_mode"]
-    ctx = ray.train.get_context()  # [Ray]
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()  # [Ray]
+    ray_api = session.for_config(config)  # [Ray] Ray Train workers, or a Tune trial's own process
+    rank, world = ray_api.rank_and_world()  # [Ray]
+    device = ray_api.device()  # [Ray]
     progress = ProgressSender(config.get("progress") if rank == 0 else None)
     cfg_t, es, augment = spec.training, spec.regularization.early_stopping, spec.regularization.augment
 
@@ -60,7 +58,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     scheduler = make_scheduler(optimizer, spec.schedule, cfg_t.epochs, spec.optimizer.lr)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False}
 
-    resume = ray.train.get_checkpoint()  # [Ray]
+    resume = ray_api.get_checkpoint()  # [Ray]
     if resume is not None:
         with resume.as_directory() as folder:
             saved = checkpoints.read(folder)
@@ -73,10 +71,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
 
-    net = ray.train.torch.prepare_model(model)  # [Ray] DDP across workers, moves to the device
+    net = ray_api.prepare_model(model)  # [Ray] DDP across workers, moves to the device
     per_worker = math.ceil(len(data.train) / world) if cfg_t.batch_size == "full" else math.ceil(cfg_t.batch_size / world)
     train_loader = DataLoader(Batches(*data.train.tensors), batch_size=per_worker, shuffle=True, collate_fn=as_batch)
-    train_loader = ray.train.torch.prepare_data_loader(train_loader)  # [Ray] DistributedSampler + device
+    train_loader = ray_api.prepare_data_loader(train_loader)  # [Ray] DistributedSampler + device
     history = History(run_dir / "metrics.csv")
     tracker = WandbRun(spec, run_dir) if rank == 0 else None
     if rank == 0:
@@ -116,7 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         if not (math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])):
             status = "nonfinite_loss"
-            ray.train.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
+            ray_api.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
             break
 
         # ---- early stopping on a validation metric
@@ -135,14 +133,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             tracker.log(metrics, step=epoch + 1)
             progress.epoch(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
+            ckpt = None  # rank 0 writes the checkpoint folder; every rank reports
             if due and rank == 0:
                 payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "state": state, "spec": spec.to_dict()}
                 checkpoints.write(Path(tmp), payload, metrics, spec.to_dict())
-                ckpt = ray.train.Checkpoint.from_directory(tmp)  # [Ray]
+                ckpt = Path(tmp)
             name = checkpoints.dir_name(state["epoch"]) if due else None
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # [Ray]
+            ray_api.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # [Ray]
             if ckpt is not None and local_mode:
                 score = es.metric if es.patience else None
                 checkpoints.persist_local(Path(tmp), run_dir, state["epoch"], cfg_t.keep_checkpoints, score, es.mode)
@@ -162,7 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         summary["final"] = final
         if rank == 0:
             history.update_last({k: v for k, v in final.items() if k.startswith("test/")})
-        ray.train.report(final | {"epoch": state["epoch"]})  # [Ray] for Tune; kept by us in summary.json
+        ray_api.report(final | {"epoch": state["epoch"]})  # [Ray] for Tune; kept by us in summary.json
     if rank == 0:
         summary["checkpoint"] = str(checkpoints.latest(run_dir) or "")
         write_summary(run_dir, summary)

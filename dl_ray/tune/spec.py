@@ -1,0 +1,325 @@
+"""The sweep file: a job (inline, or ``base:`` another job file) plus a ``tune:`` section.
+
+    name: mnist_lr_decay_dropout        # the sweep: its folder, W&B group and trial names
+    base: ../mnist_lenet.yaml           # the job to sweep, relative to this file (optional)
+    training: {epochs: 12}              # any job section given here overrides the base
+    tune:
+      metric: val/accuracy
+      scheduler: asha
+      num_samples: 16
+      space:                            # any dotted field of the job
+        optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        schedule.name: {choice: [constant, exponential, cosine]}
+        regularization.dropout: {uniform: [0.0, 0.5]}
+
+Every problem becomes one :class:`SpecError` line naming ``tune.<field>`` or
+``tune.space.<path>``, before Ray starts.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dl_ray.spec import JobSpec, SpecError, _describe, apply_override, parse_spec
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
+SWEEPABLE = ("model", "data", "optimizer", "schedule", "regularization", "training")
+SETTINGS = "settings."  # evaluate trials: space keys for the evaluator, not for the job
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One swept field: ``{loguniform|uniform: [low, high]}``, ``{randint: [low, high]}`` (both
+    inclusive), ``{choice: [...]}`` (sampled) or ``{grid: [...]}`` (every value, x num_samples)."""
+
+    kind: str
+    args: tuple
+
+    def values_to_check(self) -> list[Any]:
+        if self.kind in ("choice", "grid"):
+            return list(self.args)
+        low, high = self.args
+        return [low, high] if self.kind == "randint" else [low, low + (high - low) * 0.999999]
+
+    def sample(self, rng: random.Random) -> Any:
+        low, high = self.args[0], self.args[-1]
+        if self.kind == "loguniform":
+            return low * (high / low) ** rng.random()
+        if self.kind == "uniform":
+            return rng.uniform(low, high)
+        if self.kind == "randint":
+            return rng.randint(low, high)
+        return rng.choice(self.args)
+
+    def to_ray(self, as_grid: bool = False):
+        from ray import tune
+
+        if self.kind == "grid" or (as_grid and self.kind == "choice"):
+            return tune.grid_search(list(self.args))
+        if self.kind == "choice":
+            return tune.choice(list(self.args))
+        if self.kind == "randint":
+            return tune.randint(self.args[0], self.args[1] + 1)  # Ray's upper bound is exclusive
+        return (tune.loguniform if self.kind == "loguniform" else tune.uniform)(*self.args)
+
+    @property
+    def log_scale(self) -> bool:
+        return self.kind == "loguniform"
+
+
+def parse_distribution(where: str, value: Any) -> Distribution:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise SpecError(f"{where}: expected one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-2]}}, "
+                        f"got {value!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+    ((kind, args),) = value.items()
+    if kind not in DISTRIBUTIONS:
+        hint = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise SpecError(f"{where}: unknown distribution {kind!r}{maybe}; allowed: {', '.join(DISTRIBUTIONS)}")
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise SpecError(f"{where}.{kind}: expected a non-empty list of values, got {args!r}")
+        return Distribution(kind, tuple(args))
+    if not isinstance(args, list) or len(args) != 2:
+        raise SpecError(f"{where}.{kind}: expected [low, high], got {args!r}")
+    try:
+        if kind == "randint":
+            if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+                raise ValueError
+            low, high = args
+        else:
+            low, high = (float(a) for a in args)  # YAML reads 1e-3 as a string: accept it
+    except (TypeError, ValueError):
+        wanted = "integers" if kind == "randint" else "numbers"
+        raise SpecError(f"{where}.{kind}: bounds must be {wanted}, got {args!r}") from None
+    if not low < high:
+        raise SpecError(f"{where}.{kind}: low must be < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise SpecError(f"{where}.loguniform: bounds must be > 0, got [{low}, {high}] (use uniform for ranges that include 0)")
+    return Distribution(kind, (low, high))
+
+
+class SchedulerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    name: Literal["fifo", "asha", "pbt"] = "fifo"
+    """fifo: every trial runs its full budget; asha: stop bad trials early; pbt: population based training."""
+    grace_period: int = Field(1, ge=1)
+    """asha: epochs every trial runs before it may be stopped."""
+    reduction_factor: float = Field(3.0, gt=1)
+    """asha: only the best 1/reduction_factor of trials go on at each rung (epochs grace_period * rf^k)."""
+    perturbation_interval: int = Field(2, ge=1)
+    """pbt: epochs between two exploit/explore steps."""
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    """pbt: the bottom fraction copies the weights and hyperparameters of the top fraction."""
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    """pbt: chance that explore draws a swept value anew instead of perturbing it (x0.8 / x1.2)."""
+
+
+class TuneSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    space: dict[str, Any] = Field(min_length=1)
+    """Dotted job field -> distribution: loguniform, uniform, randint, choice, grid."""
+    metric: str = "val/loss"
+    """What the sweep optimises: a metric the trials report, e.g. val/loss, val/accuracy."""
+    mode: Literal["min", "max"] | None = None
+    """min or max; default: min for losses, max otherwise."""
+    num_samples: int = Field(8, ge=1)
+    """Trials to sample (with grid values: repetitions of the whole grid)."""
+    search: Literal["random", "grid", "optuna"] = "random"
+    """random (seeded), grid (every combination of grid/choice values), optuna (TPE; pip install optuna)."""
+    scheduler: SchedulerSpec = SchedulerSpec()
+    """fifo | asha | pbt, or a mapping {name: asha, grace_period: 2, ...}."""
+    seed: int | None = None
+    """Seed of the search; default: the job's training.seed."""
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """Trials running at once; default: cluster CPUs (GPUs) / what one trial holds."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Stop the whole sweep after this many seconds (running trials are stopped)."""
+    max_failures: int = Field(1, ge=0)
+    """Retries of a failed trial (from its latest checkpoint) before it is reported as failed."""
+    trial: Literal["train", "evaluate"] = "train"
+    """train: each trial trains the job; evaluate: each trial evaluates one checkpoint with the sampled settings."""
+    checkpoint: str | None = None
+    """evaluate: the checkpoint folder, or a run folder (its best checkpoint); relative paths: from the working directory."""
+    evaluator: str = "eval_metrics"
+    """evaluate: a registered evaluator (see dl_ray.tune.evaluators) or 'package.module:function'."""
+    split: Literal["val", "test"] = "val"
+    """evaluate: the split the evaluator scores."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduler_by_name(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("scheduler"), str):
+            raw = {**raw, "scheduler": {"name": raw["scheduler"]}}
+        return raw
+
+    @property
+    def direction(self) -> Literal["min", "max"]:
+        return self.mode or ("min" if "loss" in self.metric or "error" in self.metric else "max")
+
+
+@dataclass
+class Sweep:
+    name: str
+    job: JobSpec
+    """The base job every trial starts from (trials override the swept fields)."""
+    job_raw: dict[str, Any]
+    """The base job as written (paths as the user gave them: best.yaml keeps them)."""
+    tune: TuneSpec
+    space: dict[str, Distribution]
+    checkpoint: Path | None = None
+    """evaluate trials: the checkpoint folder."""
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.job.storage.path).absolute() / self.name
+
+    def trial_spec(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The base job with one trial's sampled values (settings.* excluded)."""
+        raw = copy.deepcopy(self.job_raw)
+        raw["storage"] = {**raw.get("storage", {}), "path": str(Path(self.job.storage.path).absolute())}
+        if getattr(self.job.data, "path", None):  # trials run in their own folder: paths must be absolute
+            raw["data"]["path"] = str(Path(self.job.data.path).absolute())
+        for path, value in params.items():
+            if not path.startswith(SETTINGS):
+                set_path(raw, path, value)
+        return raw
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"sweep file: no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"sweep file {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"sweep file {path}: expected a mapping with a tune: section, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip().startswith("tune.space.") and isinstance(raw.get("tune"), dict):  # space keys are dotted paths
+            raw["tune"].setdefault("space", {})[key.strip().removeprefix("tune.space.")] = yaml.safe_load(value)
+        else:
+            apply_override(raw, item)
+    if not isinstance(raw.get("tune"), dict):
+        raise SpecError(f"sweep file {path}: tune: missing section; it needs at least a space, e.g. "
+                        "tune: {space: {optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}}}")
+    try:
+        tune = TuneSpec.model_validate(raw.pop("tune"))
+    except ValidationError as e:
+        raise SpecError(_describe(e, TuneSpec, "tune.")) from None
+    name = str(raw["name"])
+    checkpoint = None
+    if tune.trial == "evaluate":
+        from dl_ray.tune.evaluators import resolve_checkpoint
+
+        if not tune.checkpoint:
+            raise SpecError("tune.checkpoint: evaluate trials need the checkpoint (or run folder) to evaluate")
+        checkpoint = resolve_checkpoint(Path(tune.checkpoint).absolute())
+        base = yaml.safe_load((checkpoint / "spec.yaml").read_text())
+    else:
+        base = _load_base(path, raw.pop("base")) if "base" in raw else {}
+    raw.pop("base", None)
+    job_raw = _merge(base, raw)
+    job_raw["name"] = name
+    job = parse_spec(job_raw)
+    space = {key: parse_distribution(f"tune.space.{key}", value) for key, value in tune.space.items()}
+    sweep = Sweep(name, job, job_raw, tune, space, checkpoint)
+    check_space(sweep)
+    return sweep
+
+
+def check_space(sweep: Sweep) -> None:
+    """Every swept path exists, every value it can take is valid, and so are sampled combinations."""
+    tune, settings_model = sweep.tune, None
+    if tune.trial == "evaluate":
+        from dl_ray.tune.evaluators import get_evaluator
+
+        settings_model = get_evaluator(tune.evaluator).config
+    for key, dist in sweep.space.items():
+        if key.startswith(SETTINGS) and settings_model is not None:
+            for value in dist.values_to_check():
+                _check_settings(settings_model, {key.removeprefix(SETTINGS): value}, f"tune.space.{key}")
+            continue
+        if key.split(".")[0] not in SWEEPABLE:
+            extra = f" or {SETTINGS}<evaluator setting>" if settings_model is not None else ""
+            raise SpecError(f"tune.space.{key}: cannot be swept; sweepable sections: {', '.join(SWEEPABLE)}{extra}")
+        for value in dist.values_to_check():
+            raw = copy.deepcopy(sweep.job_raw)
+            try:
+                set_path(raw, key, value)
+                parse_spec(raw)
+            except SpecError as e:
+                text = str(e)
+                raise SpecError(f"tune.space.{text}" if text.startswith(key) else f"tune.space.{key}={value!r}: {text}") from None
+    if tune.search == "grid" and (bad := [k for k, d in sweep.space.items() if d.kind not in ("grid", "choice")]):
+        raise SpecError(f"tune.search: grid needs grid or choice values; tune.space.{bad[0]} is {sweep.space[bad[0]].kind}")
+    if tune.search == "optuna" and (bad := [k for k, d in sweep.space.items() if d.kind == "grid"]):
+        raise SpecError(f"tune.search: optuna samples, it cannot take grid values (tune.space.{bad[0]}); use choice")
+    rng = random.Random(0)
+    for _ in range(64):  # fields that are valid alone may clash together (step decay needs decay_rate < 1)
+        params = {key: dist.sample(rng) for key, dist in sweep.space.items()}
+        try:
+            parse_spec(sweep.trial_spec(params))
+        except SpecError as e:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            raise SpecError(f"tune.space: the sampled combination {shown} is not a valid job: {e}") from None
+
+
+def _check_settings(model: type[BaseModel], values: dict[str, Any], where: str) -> None:
+    try:
+        model.model_validate(values)
+    except ValidationError as e:
+        raise SpecError(_describe(e, model, "tune.space.settings.")) from None
+
+
+def set_path(raw: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"{'.'.join(parts[: i + 1])} is a value, not a section (in {path})")
+        node = child
+    node[parts[-1]] = value
+
+
+def _load_base(sweep_file: Path, base: Any) -> dict[str, Any]:
+    if not isinstance(base, str):
+        raise SpecError(f"base: expected the path of a job file, got {base!r}")
+    path = _relative_to(sweep_file, base)
+    if not path.is_file():
+        raise SpecError(f"base: no such job file: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"base: {path} is not a job file (expected a mapping of sections)")
+    return raw
+
+
+def _relative_to(file: Path, target: str | Path) -> Path:
+    target = Path(target)
+    return target if target.is_absolute() else (file.parent / target).resolve()
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model", "data"):
+            out[key] = _merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            same = value.get("name", out[key].get("name")) == out[key].get("name")
+            out[key] = _merge(out[key], value) if same else copy.deepcopy(value)  # another model: its own fields
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

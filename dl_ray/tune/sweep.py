@@ -1,0 +1,256 @@
+"""Driver of ``dl-ray tune``: check everything, then ``Tuner.fit`` (or ``Tuner.restore`` + fit).
+
+A trial holds what it really uses: one CPU worker in its own process ({CPU: cpus_per_worker}),
+or, when it drives a TorchTrainer, almost nothing ({CPU: 0.01}: its workers hold the CPUs and
+GPUs). So the default ``max_concurrent_trials`` is derived from the cluster and a trial's workers.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from dl_ray.spec import JobSpec, SpecError, parse_spec
+from dl_ray.tune.spec import Sweep
+
+TRAINER_DRIVER = {"CPU": 0.01}  # a trial that only drives a TorchTrainer ({"CPU": 0} is refused by Ray)
+
+
+def in_process(job: JobSpec) -> bool:
+    """One CPU worker: the loop runs in the trial's own process (no TorchTrainer start-up)."""
+    return job.scaling.num_workers <= 1 and not job.scaling.use_gpu
+
+
+def check(sweep: Sweep) -> JobSpec:
+    """Everything knowable before Ray starts: the job trains, the metric exists, the parts fit together."""
+    from dl_ray.train.runner import check as check_job
+
+    job, tune = parse_spec(sweep.trial_spec({})), sweep.tune
+    if tune.trial == "evaluate" and tune.scheduler.name != "fifo":
+        raise SpecError(f"tune.scheduler: {tune.scheduler.name} needs training trials; evaluate trials report once: use fifo")
+    if tune.scheduler.name == "pbt" and not in_process(job):
+        raise SpecError("tune.scheduler: pbt needs trials that train in their own process (scaling.num_workers <= 1, "
+                        "use_gpu: false): exploit copies Tune checkpoints; use asha for multi-worker trials")
+    if tune.search == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise SpecError("tune.search: optuna needs the optuna package (pip install 'dl_ray[optuna]'); allowed: random, grid") from None
+    if tune.scheduler.name == "asha" and tune.scheduler.grace_period > job.training.epochs:
+        raise SpecError(f"tune.scheduler.grace_period: {tune.scheduler.grace_period} is more than training.epochs={job.training.epochs}")
+    names = reported_metrics(job, tune.scheduler.name == "fifo", tune.split if tune.trial == "evaluate" else None)
+    if names and tune.metric not in names and (tune.trial == "train" or tune.evaluator == "eval_metrics"):
+        raise SpecError(f"tune.metric: {tune.metric!r} is not reported by {job.model.name} on {job.data.name}"
+                        f"{'' if tune.scheduler.name == 'fifo' else ' every epoch'}; allowed: {', '.join(sorted(names))}")
+    check_job(job)  # data loads, the model fits it, the folder can be made (the last check: it makes it)
+    return job
+
+
+def reported_metrics(job: JobSpec, final_too: bool, evaluate_split: str | None) -> set[str]:
+    """The metric names a trial reports, from one forward pass of the model on a few examples."""
+    import torch
+
+    from dl_ray.data import build_data
+    from dl_ray.models import build_model
+
+    try:
+        data = build_data(job.data)
+        model = build_model(job.model, data.io, job.regularization.dropout).eval()
+        batch = tuple(t[:8] for t in data.val.tensors)
+        with torch.no_grad():
+            train = set(model.metrics(model(*model.inputs(batch)).float(), batch))
+            evals = set(model.eval_metrics(batch))
+    except Exception:  # bad data or model: check_job says it in words; an unusual forward pass: Tune will tell
+        return set()
+    if evaluate_split:
+        return {f"{evaluate_split}/{n}" for n in evals}
+    names = {f"train/{n}" for n in train} | {f"val/{n}" for n in evals}
+    if final_too:
+        names |= {f"{split}/{n}" for split in ("train_eval", "test") for n in evals}
+    return names
+
+
+def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: bool = False):
+    """Start (or resume) the sweep; returns ``(ResultGrid, trials)`` with Tune's trial objects."""
+    from ray import tune
+
+    from dl_ray.train.runner import _quiet_ray, ensure_ray
+    from dl_ray.tune.progress import ProgressCallback, SweepDisplay
+
+    folder = sweep.folder
+    if resume and not tune.Tuner.can_restore(str(folder)):
+        raise SpecError(f"--resume: no sweep to resume in {folder} (run it without --resume to start it)")
+    job = check(sweep)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own table instead of Tune's (with verbose=0: silent)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny trials checkpoint often
+    restoring = tune.Tuner.can_restore(str(folder))
+    _same_sweep(sweep, folder, restoring)
+    _quiet_ray(verbose)
+    ensure_ray(verbose)
+    import ray
+
+    concurrency = sweep.tune.max_concurrent_trials or derived_concurrency(job, ray.cluster_resources(), console)
+    trainable = _trainable(sweep, job)
+    where = "in the trial process" if in_process(job) else f"{max(job.scaling.num_workers, 1)} Ray workers each"
+    console.print(f"[bold]sweep {sweep.name}[/]: {sweep.tune.num_samples} x {sweep.tune.search} over "
+                  f"{', '.join(sweep.space)}; {sweep.tune.scheduler.name}; trials {where}, "
+                  f"{concurrency} at a time → {folder}" + (" (resuming)" if restoring else ""))
+    if restoring:
+        tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "sweep.yaml").write_text(yaml.safe_dump(_resolved(sweep), sort_keys=False))
+        tuner = tune.Tuner(trainable, param_space=_param_space(sweep), tune_config=_tune_config(sweep, job, concurrency),
+                           run_config=tune.RunConfig(
+                               name=sweep.name, storage_path=str(folder.parent), verbose=0, callbacks=[ProgressCallback()],
+                               failure_config=tune.FailureConfig(max_failures=sweep.tune.max_failures),
+                               checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(sweep))))
+    with SweepDisplay(sweep, console) as display:
+        grid = tuner.fit()
+    return grid, {t.trial_id: t for t in display.trials}
+
+
+def _checkpoints_kept(sweep: Sweep) -> int | None:
+    """Tune checkpoints kept per trial: PBT keeps all (an exploited trial shares its donor's folder)."""
+    return None if sweep.tune.scheduler.name == "pbt" else 2
+
+
+def derived_concurrency(job: JobSpec, cluster: dict[str, float], console: Console) -> int:
+    """How many trials fit at once: cluster resources / what one trial's workers hold."""
+    s = job.scaling
+    workers = max(s.num_workers, 1)
+    needs = {"CPU": workers * s.cpus_per_worker, **{k: workers * v for k, v in s.resources_per_worker.items()}}
+    if s.use_gpu:
+        needs["GPU"] = workers
+    fits = min(math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in needs.items() if v > 0)
+    if fits < 1:
+        console.print(f"[yellow]warning[/]: one trial needs {needs}, the cluster has "
+                      f"{ {k: cluster.get(k, 0) for k in needs} }; trials wait for the autoscaler")
+    return max(fits, 1)
+
+
+def _trainable(sweep: Sweep, job: JobSpec):
+    from ray import tune
+
+    from dl_ray.tune.trial import evaluate_trial, train_trial
+
+    plan = {"sweep": sweep.name, "folder": str(sweep.folder), "job": sweep.trial_spec({}), "in_process": in_process(job),
+            "checkpoint_every_epoch": sweep.tune.scheduler.name == "pbt"}
+    if sweep.tune.trial == "evaluate":
+        plan |= {"checkpoint": str(sweep.checkpoint), "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
+        gpu = 1 if job.scaling.use_gpu and _cluster_has_gpu() else 0
+        return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), {"CPU": 1, "GPU": gpu})
+    resources = {"CPU": job.scaling.cpus_per_worker} if plan["in_process"] else TRAINER_DRIVER
+    return tune.with_resources(tune.with_parameters(train_trial, plan=plan), resources)
+
+
+def _cluster_has_gpu() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _param_space(sweep: Sweep) -> dict[str, Any]:
+    return {key: dist.to_ray(as_grid=sweep.tune.search == "grid") for key, dist in sweep.space.items()}
+
+
+def _tune_config(sweep: Sweep, job: JobSpec, concurrency: int):
+    from ray import tune
+
+    t = sweep.tune
+    seed = job.training.seed if t.seed is None else t.seed
+    if t.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search, limit = OptunaSearch(metric=t.metric, mode=t.direction, seed=seed), concurrency
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        search, limit = BasicVariantGenerator(random_state=seed, max_concurrent=concurrency), None  # not a Searcher: limits itself
+    name = functools.partial(_trial_name, sweep.name)
+    return tune.TuneConfig(metric=t.metric, mode=t.direction, num_samples=t.num_samples, search_alg=search,
+                           scheduler=_scheduler(sweep, job), max_concurrent_trials=limit, time_budget_s=t.time_budget_s,
+                           reuse_actors=in_process(job), trial_name_creator=name, trial_dirname_creator=name)
+
+
+def _trial_name(sweep_name: str, trial) -> str:
+    from dl_ray.tune.trial import trial_folder_name
+
+    return trial_folder_name(sweep_name, trial.trial_id)
+
+
+def _scheduler(sweep: Sweep, job: JobSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    s = sweep.tune.scheduler
+    if s.name == "asha":  # trials that reach the last epoch finish on their own (final test report)
+        return ASHAScheduler(time_attr="epoch", max_t=job.training.epochs, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor, stop_last_trials=False)
+    if s.name == "pbt":
+        mutations = {k: list(d.args) if d.kind in ("choice", "grid") else d.to_ray() for k, d in sweep.space.items()}
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=s.perturbation_interval,
+                                       hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
+                                       resample_probability=s.resample_probability,
+                                       custom_explore_fn=functools.partial(_clip_to_space, sweep.space))
+    return FIFOScheduler()
+
+
+def _clip_to_space(space: dict, config: dict) -> dict:
+    """PBT's explore multiplies by 0.8/1.2: keep the result inside the swept range (dropout < 1)."""
+    for key, dist in space.items():
+        if dist.kind in ("uniform", "loguniform", "randint") and key in config:
+            low, high = dist.args
+            config[key] = type(config[key])(min(max(config[key], low), high))
+    return config
+
+
+def _resolved(sweep: Sweep) -> dict[str, Any]:
+    return {"job": sweep.job_raw, "tune": sweep.tune.model_dump(mode="json")}
+
+
+def _same_sweep(sweep: Sweep, folder: Path, restoring: bool) -> None:
+    saved = folder / "sweep.yaml"
+    if not (restoring and saved.is_file()):
+        return
+    before, now = yaml.safe_load(saved.read_text()), yaml.safe_load(yaml.safe_dump(_resolved(sweep), sort_keys=False))
+    if before != now:
+        changed = sorted(k for k in set(before["tune"]) | set(now["tune"]) if before["tune"].get(k) != now["tune"].get(k))
+        what = ", ".join(f"tune.{k}" for k in changed) or "the job"
+        raise SpecError(f"name: {folder} holds a sweep with a different spec ({what}); rerun it unchanged to resume, "
+                        f"or pick a new --set name=...")
+
+
+def command(path: str, overrides: list[str], console: Console, resume: bool = False, dry_run: bool = False,
+            verbose: bool = False) -> int:
+    """``dl-ray tune``: 0 done, 1 no trial finished, 2 bad sweep (SpecError, raised), 130 interrupted."""
+    from dl_ray.tune.results import write_outputs
+    from dl_ray.tune.spec import load_sweep
+
+    sweep = load_sweep(path, overrides)
+    if dry_run:
+        check(sweep)
+        console.print(yaml.safe_dump(_resolved(sweep), sort_keys=False), highlight=False)
+        return 0
+    grid, trials = run_sweep(sweep, console, resume=resume, verbose=verbose)
+    rows, best = write_outputs(grid, trials, sweep, console)
+    if any(r["status"] in ("pending", "running", "paused") for r in rows) or len(rows) < _expected_trials(sweep):
+        print(f"interrupted: run the same command again (or add --resume) to continue the sweep in {sweep.folder}",
+              file=sys.stderr)
+        return 130
+    if best is None:
+        print(f"error: no trial of sweep {sweep.name} reported a finite {sweep.tune.metric} (see {sweep.folder / 'results.csv'})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _expected_trials(sweep: Sweep) -> int:
+    grid = math.prod(len(d.args) for d in sweep.space.values() if d.kind == "grid" or
+                     (sweep.tune.search == "grid" and d.kind == "choice"))
+    return 0 if sweep.tune.time_budget_s else sweep.tune.num_samples * grid

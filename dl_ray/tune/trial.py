@@ -1,0 +1,135 @@
+"""What one Tune trial runs. ``config`` holds the sampled values (dotted job paths), ``plan`` the rest.
+
+* ``train_trial``, one CPU worker: the generic loop runs right here, in the trial's process
+  (:class:`~dl_ray.train.session.TuneSession`); starting a TorchTrainer would cost ~35 s a trial.
+* ``train_trial``, several workers or GPUs: the trial builds and fits a ``TorchTrainer`` (Ray 2.60
+  Train V2 pattern); ``TuneReportCallback`` forwards rank 0's reports to Tune.
+* ``evaluate_trial``: one checkpoint, scored by an evaluator with the sampled settings.
+
+Every trial is a run folder ``<sweep>/<sweep>_NNNNN`` (metrics.csv, checkpoints, W&B run in
+the sweep's group), so a trial started again resumes there instead of starting over.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+import torch
+
+from dl_ray.spec import JobSpec, parse_spec
+from dl_ray.tune.spec import SETTINGS, set_path
+
+
+def trial_folder_name(sweep_name: str, trial_id: str) -> str:
+    return f"{sweep_name}_{trial_id.rsplit('_', 1)[-1]}"
+
+
+def trial_job(config: dict[str, Any], plan: dict[str, Any]) -> tuple[JobSpec, Path]:
+    """The base job with this trial's values, its W&B group/name and its run folder."""
+    import copy
+
+    name = trial_folder_name(plan["sweep"], ray.tune.get_context().get_trial_id())
+    raw = copy.deepcopy(plan["job"])
+    for path, value in config.items():
+        if not path.startswith(SETTINGS):
+            set_path(raw, path, value)
+    raw["tracking"] = {**raw.get("tracking", {}), "group": plan["sweep"], "run_name": name}
+    raw["storage"] = {**raw.get("storage", {}), "path": plan["folder"], "name": name}
+    if plan.get("checkpoint_every_epoch"):  # PBT exploits the latest checkpoint of the top trials
+        raw.setdefault("training", {})["checkpoint_every"] = 1
+    spec = parse_spec(raw)
+    return spec, spec.run_dir
+
+
+def train_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    spec, run_dir = trial_job(config, plan)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loop_config = {"spec": spec.to_dict(), "run_dir": str(run_dir)}
+    if plan["in_process"]:
+        from dl_ray.train.loop import train_loop_per_worker
+        from dl_ray.train.session import TuneSession
+
+        checkpoint = ray.tune.get_checkpoint()
+        resume = _exploited(checkpoint, spec, run_dir) if checkpoint is not None else None
+        try:
+            train_loop_per_worker(loop_config | {"local_mode": True, "session": TuneSession(resume)})
+        finally:
+            _finish_wandb()
+    else:
+        _trainer(spec, loop_config).fit()
+
+
+def _trainer(spec: JobSpec, loop_config: dict[str, Any]):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dl_ray.train.loop import train_loop_per_worker
+
+    scaling, es = spec.scaling, spec.regularization.early_stopping
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config | {"local_mode": False},
+        scaling_config=ScalingConfig(num_workers=max(scaling.num_workers, 1), use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}),
+        run_config=RunConfig(
+            name=spec.run_name, storage_path=str(spec.run_dir.parent), callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=spec.training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.training.keep_checkpoints,
+                                               checkpoint_score_attribute=es.metric if es.patience else None,
+                                               checkpoint_score_order=es.mode),
+        ),
+    )
+
+
+def _exploited(checkpoint, spec: JobSpec, run_dir: Path) -> Path | None:
+    """A PBT exploit hands this trial another trial's checkpoint and new (explored) values.
+
+    Weights, optimizer moments and the epoch come from the donor; the learning rate and its
+    decay are this trial's: the LR is set to ``optimizer.lr * decay factor(epoch)`` of this job.
+    ``None`` when the checkpoint is this trial's own (a plain resume).
+    """
+    from dl_ray.train import checkpoints
+    from dl_ray.train.optim import lr_factor
+
+    with checkpoint.as_directory() as folder:
+        state = checkpoints.read(folder)
+    if state["spec"] == spec.to_dict():
+        return None
+    lr, epoch = spec.optimizer.lr, state["state"]["epoch"]
+    now = lr * lr_factor(spec.schedule, epoch, spec.training.epochs, lr)
+    for group in state["optimizer"]["param_groups"]:
+        group["lr"], group["initial_lr"] = now, lr
+    state["scheduler"]["base_lrs"] = [lr] * len(state["scheduler"]["base_lrs"])
+    state["scheduler"]["_last_lr"] = [now] * len(state["scheduler"]["base_lrs"])
+    state["spec"] = spec.to_dict()
+    out = run_dir / ".exploited"
+    checkpoints.write(out, state, {"exploited_at_epoch": epoch}, spec.to_dict())
+    return out
+
+
+def _finish_wandb() -> None:
+    """A trial stopped by the scheduler leaves the loop mid-epoch: close its W&B run anyway."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish()
+
+
+def evaluate_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    from dl_ray.tracking import WandbRun
+    from dl_ray.tune.evaluators import EvalRequest, get_evaluator
+
+    spec, run_dir = trial_job(config, plan)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    entry = get_evaluator(plan["evaluator"])
+    settings = entry.config.model_validate({k.removeprefix(SETTINGS): v for k, v in config.items() if k.startswith(SETTINGS)})
+    use_gpu = spec.scaling.use_gpu and torch.cuda.is_available()
+    request = EvalRequest(Path(plan["checkpoint"]), spec, settings, plan["split"], torch.device("cuda" if use_gpu else "cpu"))
+    metrics = {k: float(v) for k, v in entry.build(request).items()}
+    tracker = WandbRun(spec, run_dir)
+    tracker.log(metrics, step=1)
+    tracker.finish(metrics)
+    ray.tune.report(metrics)

@@ -1,0 +1,174 @@
+"""Sweeps on a real local Ray (2 CPUs): digits MLP trials run the generic loop in their trial process."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.wandb_records import records
+
+DIGITS = ROOT / "jobs" / "sweeps" / "digits_tiny.yaml"
+FLAKY = "flaky_00001:2"  # chaos hook: rank 0 of trial 00001 of the sweep named 'flaky' dies once at epoch 2
+
+
+@pytest.fixture(scope="module")
+def ray_up():
+    import ray
+
+    os.environ["DL_RAY_FAIL_AT"] = FLAKY  # trial processes inherit it from the raylet
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    os.environ.pop("DL_RAY_FAIL_AT", None)
+
+
+def tune(*args: str) -> int:
+    from dl_ray.cli import main
+
+    return main(["tune", *args])
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_digits_sweep_retries_a_failed_trial_and_writes_a_best_job_that_trains(ray_up, tmp_path, capsys):
+    assert tune(str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", "name=flaky") == 0
+    folder = tmp_path / "flaky"
+    results = rows(folder)
+    assert [r["status"] for r in results] == ["completed"] * 4
+    assert (folder / "flaky_00001" / ".failed_at_epoch_2").exists()  # it died once, was retried and finished
+    best = max(results, key=lambda r: float(r["val/accuracy"]))
+    assert float(best["val/accuracy"]) > 0.9
+    assert (folder / "params.png").stat().st_size > 10_000 and (folder / "curves.png").stat().st_size > 10_000
+
+    # every trial is an offline W&B run in the sweep's group (the killed attempt left only a header)
+    for r in results:
+        runs = [rec.run for f in (folder / r["trial"] / "wandb").glob("offline-run-*/run-*.wandb")
+                for rec in records(f) if rec.WhichOneof("record_type") == "run"]
+        assert {(run.run_group, run.display_name) for run in runs} == {("flaky", r["trial"])}
+
+    # best.yaml is a job: training it reproduces the best trial (same seed, same loop)
+    job = yaml.safe_load((folder / "best.yaml").read_text())
+    assert job["optimizer"]["lr"] == pytest.approx(float(best["optimizer.lr"]))
+    from dl_ray.cli import main
+
+    assert main(["train", str(folder / "best.yaml"), "--set", "tracking.wandb=disabled"]) == 0
+    summary = yaml.safe_load((tmp_path / "flaky_best" / "summary.json").read_text())
+    assert summary["final"]["val/accuracy"] == pytest.approx(float(best["val/accuracy"]), abs=0.02)
+    assert "best: flaky_" in capsys.readouterr().out
+
+
+def test_asha_stops_the_bad_trials_early(ray_up, tmp_path):
+    lrs = "{grid: [0.03, 0.01, 1.0e-5, 3.0e-6]}"
+    assert tune(str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", "tune.search=grid", "--set", "tune.num_samples=1",
+                "--set", f"tune.space.optimizer.lr={lrs}", "--set", "tune.space.regularization.dropout={grid: [0.0]}",
+                "--set", "tune.scheduler={name: asha, grace_period: 1, reduction_factor: 2}") == 0
+    by_lr = {float(r["optimizer.lr"]): r for r in rows(tmp_path / "digits_tiny")}
+    assert by_lr[0.03]["status"] == by_lr[0.01]["status"] == "completed"
+    stopped = [r for r in by_lr.values() if r["status"] == "stopped"]
+    assert stopped and all(int(r["epochs"]) < 4 and float(r["optimizer.lr"]) < 1e-4 for r in stopped)
+    assert yaml.safe_load((tmp_path / "digits_tiny" / "best.yaml").read_text())["optimizer"]["lr"] in (0.03, 0.01)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_up, tmp_path):
+    args = [str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", "tune.max_concurrent_trials=1",
+            "--set", "training.epochs=25", "--set", "model.hidden=[256, 256]"]
+    env = {**os.environ, "RAY_ADDRESS": ray_up.get_runtime_context().gcs_address, "COLUMNS": "200"}
+    driver = subprocess.Popen([sys.executable, "-m", "dl_ray.cli", "tune", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "digits_tiny"
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*/summary.json"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out + err
+    assert "run the same command again" in err
+    finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "metrics.csv").read_text())
+                for p in folder.glob("*/summary.json")}
+    assert 2 <= len(finished) < 4
+
+    assert tune(*args) == 0  # the same command resumes
+    results = rows(folder)
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results)
+    for trial, (mtime, history) in finished.items():  # not rerun: not even re-evaluated
+        summary = folder / trial / "summary.json"
+        assert (summary.stat().st_mtime_ns, (folder / trial / "metrics.csv").read_text()) == (mtime, history)
+
+
+def test_pbt_exploit_copies_a_top_trial_and_trains_on_with_the_explored_lr(ray_up, tmp_path):
+    assert tune(str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", "training.epochs=6",
+                "--set", "tune.space.optimizer.lr={loguniform: [1.0e-5, 3.0e-2]}",
+                "--set", "tune.scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.25}") == 0
+    folder = tmp_path / "digits_tiny"
+    exploited = 0
+    for r in rows(folder):
+        with (folder / r["trial"] / "metrics.csv").open() as f:
+            lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+        assert len(lrs) == 6
+        if len(set(lrs)) > 1:  # constant schedule: the LR changes only when PBT explores
+            exploited += 1
+            assert lrs[-1] == pytest.approx(float(r["optimizer.lr"]))  # the explored LR, not the donor's
+            assert 0 <= float(r["regularization.dropout"]) <= 0.3  # explore stays inside the swept range
+    assert exploited >= 1
+
+
+def test_evaluate_trials_score_one_checkpoint_with_each_setting(ray_up, tmp_path):
+    from dl_ray.cli import main
+
+    job = tmp_path / "trained.yaml"
+    job.write_text(yaml.safe_dump({"model": {"name": "mlp", "hidden": [32], "activation": "relu"}, "data": {"name": "digits"},
+                                   "optimizer": {"lr": 0.01}, "training": {"epochs": 3}, "tracking": {"wandb": "disabled"},
+                                   "storage": {"path": str(tmp_path)}}))
+    assert main(["train", str(job)]) == 0
+    trained = yaml.safe_load((tmp_path / "trained" / "summary.json").read_text())["final"]
+    sweep = tmp_path / "activation.yaml"
+    sweep.write_text(yaml.safe_dump({"tune": {
+        "trial": "evaluate", "checkpoint": str(tmp_path / "trained"), "metric": "val/accuracy", "search": "grid",
+        "num_samples": 1, "space": {"model.activation": {"grid": ["relu", "tanh"]}}}}))
+    assert tune(str(sweep), "--set", f"storage.path={tmp_path}") == 0
+    by_activation = {r["model.activation"]: r for r in rows(tmp_path / "activation")}
+    assert float(by_activation["relu"]["val/accuracy"]) == pytest.approx(trained["val/accuracy"], abs=1e-9)
+    assert float(by_activation["tanh"]["val/accuracy"]) < trained["val/accuracy"]
+    assert not list((tmp_path / "activation").glob("*/metrics.csv"))  # nothing was trained
+    best = yaml.safe_load((tmp_path / "activation" / "best.yaml").read_text())
+    assert best["model"]["activation"] == "relu" and best["training"]["epochs"] == 3
+
+
+BAD = [
+    ("tune.space.optimizer.lrr", "{loguniform: [1.0e-4, 1.0e-2]}", "optimizer.lrr: unknown key (did you mean 'lr'?)"),
+    ("tune.space.optimizer.lr", "{logunifrom: [1.0e-4, 1.0e-2]}", "unknown distribution 'logunifrom' (did you mean 'loguniform'?)"),
+    ("tune.space.optimizer.lr", "{loguniform: [0, 1.0e-2]}", "bounds must be > 0"),
+    ("tune.space.optimizer.lr", "{uniform: [0.1]}", "expected [low, high]"),
+    ("tune.space.regularization.dropout", "{uniform: [0.0, 1.5]}", "regularization.dropout: Input should be less than 1"),
+    ("tune.space.schedule.name", "{choice: [constant, cosine, linear]}", "schedule.name: Input should be"),
+    ("tune.space.scaling.num_workers", "{choice: [1, 2]}", "cannot be swept"),
+    ("tune.metric", "val/acc", "tune.metric: 'val/acc' is not reported"),
+    ("tune.scheduler", "hyperband", "tune.scheduler.name: Input should be 'fifo', 'asha' or 'pbt'"),
+    ("tune.search", "grid", "tune.search: grid needs grid or choice values"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_search_spaces_exit_2_with_one_line_and_start_nothing(tmp_path, capsys, key, value, message):
+    assert tune(str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", f"{key}={value}") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "digits_tiny").exists()
+
+
+def test_step_decay_with_a_rate_above_one_is_caught_before_anything_starts(tmp_path, capsys):
+    assert tune(str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", "tune.space.schedule.name={choice: [step, constant]}",
+                "--set", "tune.space.schedule.decay_rate={uniform: [0.5, 1.5]}") == 2
+    assert "decay_rate must be < 1 for step decay" in capsys.readouterr().err
+    assert not (tmp_path / "digits_tiny").exists()
