@@ -148,8 +148,7 @@ class DQNRun:
                     next_ckpt = self._next(c["env_steps"], spec.checkpoint.every_env_steps)
                     self._checkpoint()
                 bar.update(task, completed=min(c["env_steps"], total), stats=self._stats_text())
-        self.ray.get(list(self.training))  # [Ray] let in-flight updates land
-        self._drain_training()
+        self._catch_up()
         if self.mark[1] != c["env_steps"]:
             self._log_row(None)
         self._checkpoint()
@@ -242,9 +241,14 @@ class DQNRun:
         self.updates_done, self.loss, self.q_mean = m["updates"], m["loss"], m["q_mean"]
         self.weights = self.learner.weights.remote()  # [Ray] fresh weights for the actors' next calls
 
-    def _drain_training(self) -> None:
-        for ref in list(self.training):
-            self._training_done(ref)
+    def _catch_up(self) -> None:
+        """At the end: run the updates still owed by the replay ratio, then let them land."""
+        while True:
+            self._submit_updates()
+            if not self.training:
+                return
+            ready, _ = self.ray.wait(list(self.training), num_returns=1)  # [Ray]
+            self._training_done(ready[0])
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
 

@@ -1,0 +1,99 @@
+"""DQN on a real local Ray (2 CPUs, one instance for the module): data end to end, faults, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from dl_ray.rl import driver
+from dl_ray.rl.runner import apex_epsilon
+from dl_ray.rl.spec import parse_rl_spec
+from tests.conftest import ROOT
+
+SMALL = {"actors": {"num_actors": 2, "envs_per_actor": 2, "steps_per_call": 16, "cpus_per_actor": 0.5},
+         "learner": {"num_cpus": 1}, "tracking": {"wandb": "offline"}}
+
+
+def spec_for(tmp_path, name, **sections):
+    raw = {"name": name, "seed": 1, "storage": {"path": str(tmp_path)}, **SMALL}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_rl_spec(raw)
+
+
+def cartpole(tmp_path, name, total):
+    return spec_for(tmp_path, name, env={"id": "CartPole-v1"}, model={"name": "q_mlp", "hidden": [32, 32]},
+                    dqn={"total_env_steps": total, "learning_starts": 500, "batch_size": 32, "replay_ratio": 4,
+                         "updates_per_call": 16, "log_every_env_steps": 1000},
+                    replay={"capacity": 10_000}, evaluation={"episodes": 5, "every_env_steps": None},
+                    checkpoint={"every_env_steps": 1000})
+
+
+def test_short_pong_run_on_two_actors_moves_data_end_to_end(ray_cluster, tmp_path):
+    spec = spec_for(tmp_path, "pong", env={"id": "ALE/Pong-v5"}, model={"name": "nature_cnn", "dueling": True},
+                    dqn={"total_env_steps": 1200, "learning_starts": 400, "replay_ratio": 8, "updates_per_call": 8,
+                         "log_every_env_steps": 400},
+                    replay={"capacity": 4000, "shards": 2, "prioritized": True},
+                    evaluation={"episodes": 1, "every_env_steps": None}, checkpoint={"every_env_steps": 600})
+    summary = driver.run(spec, Console(file=open(os.devnull, "w")))
+    assert summary["env_steps"] >= 1200 and summary["replay_frames"] >= 1200
+    expected_updates = (summary["env_steps"] - 400) * 8 // 32
+    assert expected_updates - 8 < summary["updates"] <= expected_updates  # the driver held the replay ratio
+    assert summary["eval/episodes"] == 1 and summary["eval/return_mean"] <= 0  # one whole game of Pong, raw score
+    rows = pd.read_csv(tmp_path / "pong" / "metrics.csv")
+    assert {"loss", "q_mean", "sps", "env_steps", "eval/return_mean"} <= set(rows.columns)  # no Pong game ends this soon
+    assert rows["loss"].notna().any() and (tmp_path / "pong" / "checkpoint" / "state.pt").is_file()
+    assert list((tmp_path / "pong" / "wandb").glob("offline-run-*"))  # W&B offline by default
+
+
+def test_an_actor_killed_mid_run_is_replaced_and_training_goes_on(ray_cluster, tmp_path):
+    spec = cartpole(tmp_path, "kill", total=6000)
+    run = driver.DQNRun(spec, driver.check(spec), Console(file=open(os.devnull, "w")))
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(run.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while run.updates_done == 0 and time.monotonic() < deadline:  # wait until the learner is training
+        time.sleep(0.05)
+    victim = run.actors[0]
+    ray_cluster.kill(victim)
+    thread.join(timeout=240)
+    assert outcome["actor_restarts"] >= 1 and run.actors[0] is not victim
+    assert outcome["env_steps"] >= 6000 and outcome["updates"] > run.base_updates
+    assert pd.read_csv(tmp_path / "kill" / "metrics.csv")["episodic_return"].notna().any()
+    eps = [apex_epsilon(i, 2, 0.4, 7.0) for i in range(2)]
+    assert sorted(run.epsilons.values()) == pytest.approx(sorted(eps))  # the replacement kept index 0's epsilon
+
+
+def test_killing_the_driver_and_rerunning_resumes_from_the_checkpoint(ray_cluster, tmp_path):
+    spec = cartpole(tmp_path, "resume", total=5000)
+    job = tmp_path / "resume.yaml"
+    job.write_text(json.dumps(spec.to_dict()))  # JSON is YAML
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "dl_ray.cli", "dqn", str(job)]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    state = tmp_path / "resume" / "checkpoint" / "state.pt"
+    deadline = time.monotonic() + 180
+    while not state.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, first.stdout.read().decode()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "resumed from" in second.stdout
+    resumed_at = int(second.stdout.split("at env step ")[1].split()[0].replace(",", ""))
+    assert 1000 <= resumed_at < 5000
+    summary = json.loads((tmp_path / "resume" / "summary.json").read_text())
+    assert summary["env_steps"] >= 5000
+    steps = pd.read_csv(tmp_path / "resume" / "metrics.csv")["env_steps"]
+    assert steps.is_monotonic_increasing  # rows after the checkpoint were dropped, then redone
