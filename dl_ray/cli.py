@@ -24,6 +24,14 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("list", help="registered models and datasets with their config fields")
 
+    # --- dl-ray dqn (dl_ray/rl): DQN on Ray actors, tabular Q-learning ---
+    dqn = sub.add_parser("dqn", help="reinforcement learning: DQN on Ray actors or tabular Q-learning (resumes)")
+    dqn.add_argument("job", help="RL job YAML, e.g. jobs/rl/dqn_pong.yaml")
+    dqn.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                     help="override a field, e.g. --set dqn.total_env_steps=100000 (repeatable)")
+    dqn.add_argument("--dry-run", action="store_true", help="validate and print the resolved spec, start nothing")
+    dqn.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
     # --- dl-ray tune (dl_ray/tune): hyperparameter sweeps on Ray Tune ---
     tune = sub.add_parser("tune", help="sweep a job's fields with Ray Tune (the same command again resumes)")
     tune.add_argument("sweep", help="sweep YAML (a job + a tune: section), e.g. jobs/sweeps/mnist_lr_decay_dropout.yaml")
@@ -41,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list(console)
+        if args.command == "dqn":
+            return _dqn(args, console)
         if args.command == "tune":
             from dl_ray.tune.sweep import command
 
@@ -65,6 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _dqn(args: argparse.Namespace, console: Console) -> int:
+    from dl_ray.rl.spec import load_rl_spec
+
+    spec = load_rl_spec(args.job, args.overrides)
+    from dl_ray.rl.driver import check, run
+
+    if args.dry_run:
+        import yaml
+
+        check(spec)
+        console.print(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        return 0
+    from dl_ray.train.runner import RunError
+
+    try:
+        run(spec, console, verbose=args.verbose)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _list(console: Console) -> int:
