@@ -1,0 +1,185 @@
+"""DQN throughput, all in one run on one machine (``python benchmarks/dqn_throughput.py``; ~6 min on 2 cores).
+
+(a) env frames/s of the actor fleet (Ray actors, Nature-CNN inference, epsilon-greedy, replay chunks)
+    / frames/s of one raw AtariVectorEnv with random actions over the same number of envs and threads;
+(b) our DQN vs RLlib 2.60's DQN on the same Pong settings (2 env runners x 4 envs, batch 32, replay ratio 8,
+    Nature CNN, double + dueling), env steps/s once learning has started;
+(c) replay bytes per stored transition (84x84 frames, uniform and prioritized);
+(d) learner updates/s (Nature CNN, batch 32, sampling from the replay included).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from dl_ray.rl.envs import describe_env, make_vector_env  # noqa: E402
+from dl_ray.rl.learner import Learner  # noqa: E402
+from dl_ray.rl.replay import FrameReplay  # noqa: E402
+from dl_ray.rl.runner import EnvRunner  # noqa: E402
+from dl_ray.rl.spec import parse_rl_spec  # noqa: E402
+
+ACTORS, ENVS = 2, 4
+
+
+def pong_spec(tmp: str, total: int = 6000):
+    return parse_rl_spec({
+        "name": "bench_pong", "seed": 0, "env": {"id": "ALE/Pong-v5"},
+        "model": {"name": "nature_cnn", "double": True, "dueling": True},
+        "dqn": {"total_env_steps": total, "batch_size": 32, "replay_ratio": 8, "learning_starts": 1000,
+                "updates_per_call": 16, "log_every_env_steps": 500},
+        "replay": {"capacity": 50_000},
+        "actors": {"num_actors": ACTORS, "envs_per_actor": ENVS, "steps_per_call": 32, "cpus_per_actor": 0.5},
+        "learner": {"num_cpus": 1}, "evaluation": {"episodes": 1, "every_env_steps": None},
+        "checkpoint": {"every_env_steps": 10**9}, "tracking": {"wandb": "disabled"}, "storage": {"path": tmp},
+    })
+
+
+def raw_env_fps(seconds: float) -> float:
+    spec = pong_spec("/tmp")
+    env = make_vector_env(spec.env, ACTORS * ENVS, num_threads=ACTORS)
+    env.reset(seed=0)
+    rng, steps, t0 = np.random.default_rng(0), 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.step(rng.integers(0, 6, ACTORS * ENVS))
+        steps += ACTORS * ENVS
+    return steps * 4 / (time.perf_counter() - t0)
+
+
+def fleet_fps(ray, seconds: float) -> float:
+    spec = pong_spec("/tmp")
+    info = describe_env(spec.env)
+    learner = Learner(spec, info)
+    weights = ray.put(learner.weights())
+    actors = [ray.remote(EnvRunner).options(num_cpus=0.5).remote(spec, info, i, i) for i in range(ACTORS)]
+    ray.get([a.collect.options(num_returns=2).remote(weights, 4, 0)[0] for a in actors])  # warm up
+    steps, t0, pending = 0, time.perf_counter(), {}
+    for a in actors:
+        stats, _ = a.collect.options(num_returns=2).remote(weights, 32, 0)
+        pending[stats] = a
+    while time.perf_counter() - t0 < seconds:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        a = pending.pop(ref)
+        steps += ray.get(ref)["steps"]
+        stats, _ = a.collect.options(num_returns=2).remote(weights, 32, 0)
+        pending[stats] = a
+    fps = steps * 4 / (time.perf_counter() - t0)
+    for a in actors:
+        ray.kill(a)
+    return fps
+
+
+def replay_bytes() -> dict[str, float]:
+    return {("prioritized" if p else "uniform"): FrameReplay(100_000, (84, 84), "uint8", 4, prioritized=p).nbytes / 100_000
+            for p in (False, True)}
+
+
+def learner_updates_per_s(seconds: float) -> float:
+    spec = pong_spec("/tmp")
+    info = describe_env(spec.env)
+    runner = EnvRunner(spec, info, 0, 0)
+    replay = FrameReplay(20_000, info.frame_shape, info.obs_dtype, info.stack)
+    learner = Learner(spec, info, threads=torch.get_num_threads())
+    weights = learner.weights()
+    for _ in range(40):
+        replay.add(runner.collect(weights, 32, 0)[1])
+    learner.train(replay.sample(32 * 4), 4)  # warm up
+    updates, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        learner.train(replay.sample(32 * 16), 16)
+        updates += 16
+    return updates / (time.perf_counter() - t0)
+
+
+def ours_sps(tmp: str, total: int) -> tuple[float, dict]:
+    from rich.console import Console
+
+    from dl_ray.rl import driver
+
+    spec = pong_spec(tmp, total)
+    summary = driver.run(spec, Console(file=open(os.devnull, "w")))
+    import pandas as pd
+
+    rows = pd.read_csv(spec.run_dir / "metrics.csv").dropna(subset=["sps"])
+    learning = rows[rows["env_steps"] > spec.dqn.learning_starts + 1000]
+    steps = learning["env_steps"].iloc[-1] - learning["env_steps"].iloc[0]
+    seconds = learning["time_s"].iloc[-1] - learning["time_s"].iloc[0]
+    return steps / seconds, summary
+
+
+def rllib_sps(total: int) -> float:
+    import gymnasium as gym
+    from ray import tune
+    from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.env.wrappers.atari_wrappers import wrap_atari_for_new_api_stack
+
+    tune.register_env("bench-pong", lambda cfg: wrap_atari_for_new_api_stack(gym.make("ale_py:ALE/Pong-v5", **cfg),
+                                                                              dim=84, framestack=4))
+    config = (
+        DQNConfig()
+        .environment("bench-pong", env_config={"frameskip": 1, "full_action_space": False,
+                                               "repeat_action_probability": 0.0}, clip_rewards=True)
+        .env_runners(num_env_runners=ACTORS, num_envs_per_env_runner=ENVS, rollout_fragment_length=32,
+                     num_cpus_per_env_runner=0.5)
+        .training(train_batch_size=32, training_intensity=8, num_steps_sampled_before_learning_starts=1000,
+                  lr=1e-4, double_q=True, dueling=True, n_step=1, target_network_update_freq=1000,
+                  replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": 50_000})
+        .rl_module(model_config=DefaultModelConfig(conv_filters=[(32, 8, 4), (64, 4, 2), (64, 3, 1)],
+                                                   conv_activation="relu", head_fcnet_hiddens=[512]))
+        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=256)
+    )
+    algo = config.build_algo()
+    marks = []
+    while True:
+        result = algo.train()
+        steps = result["env_runners"]["num_env_steps_sampled_lifetime"]
+        marks.append((time.perf_counter(), steps))
+        if steps >= total:
+            break
+    algo.stop()
+    learning = [(t, s) for t, s in marks if s > 2000]
+    return (learning[-1][1] - learning[0][1]) / (learning[-1][0] - learning[0][0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15, help="measuring time of (a) and (d)")
+    parser.add_argument("--steps", type=int, default=5000, help="env steps of each DQN in (b)")
+    parser.add_argument("--skip-rllib", action="store_true")
+    args = parser.parse_args()
+    import tempfile
+
+    import ray
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"ray {ray.__version__}, GPU: {torch.cuda.is_available()}")
+    raw = raw_env_fps(args.seconds)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    fleet = fleet_fps(ray, args.seconds)
+    print(f"(a) fleet {fleet:,.0f} frames/s / raw AtariVectorEnv {raw:,.0f} frames/s = {fleet / raw:.2f} (goal >= 0.70)")
+    for kind, b in replay_bytes().items():
+        print(f"(c) replay {kind}: {b:,.0f} bytes per stored transition = {b / 1024:.2f} KB (goal <= 7.2 KB)")
+    print(f"(d) learner: {learner_updates_per_s(args.seconds):,.1f} updates/s (Nature CNN, batch 32, sampling included)")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, summary = ours_sps(tmp, args.steps)
+    print(f"(b) ours: {ours:,.1f} env steps/s after learning starts ({summary['updates']} updates)")
+    if args.skip_rllib:
+        return
+    try:
+        theirs = rllib_sps(args.steps)
+        print(f"(b) RLlib DQN: {theirs:,.1f} env steps/s → ours / RLlib = {ours / theirs:.2f}x (goal >= 3x)")
+    except Exception as e:  # report exactly why RLlib could not run here
+        print(f"(b) RLlib DQN could not run: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
