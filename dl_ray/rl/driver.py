@@ -131,7 +131,7 @@ class DQNRun:
         every_eval = spec.evaluation.every_env_steps
         next_eval = self._next(c["env_steps"], every_eval) if every_eval else None
         self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {spec.actors.num_actors} actors x "
-                           f"{spec.actors.envs_per_actor} envs, learner on {self.device} → {self.folder.dir}")
+                           f"{spec.actors.envs_per_actor} envs, learner on {self.device} → {self.folder.dir}", soft_wrap=True)
         self.t0, self.mark = time.monotonic(), (time.monotonic(), c["env_steps"], self.updates_done)
         with self._progress() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
@@ -141,7 +141,7 @@ class DQNRun:
                 if c["env_steps"] >= next_log:
                     next_log = self._next(c["env_steps"], spec.dqn.log_every_env_steps)
                     self._log_row(bar)
-                if next_eval is not None and c["env_steps"] >= next_eval:
+                if next_eval is not None and total > c["env_steps"] >= next_eval:  # the last one is the final eval
                     next_eval = self._next(c["env_steps"], every_eval)
                     self._evaluate()
                 if c["env_steps"] >= next_ckpt:
@@ -314,7 +314,7 @@ class DQNRun:
             self.ray.kill(actor)  # [Ray]
         self.folder.finish(summary)
         self.console.print(f"done: {summary['env_steps']:,} env steps, {summary['updates']:,} updates, "
-                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f} → {self.folder.dir}")
+                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f} → {self.folder.dir}", soft_wrap=True)
         return summary
 
     def _progress(self) -> Progress:

@@ -127,8 +127,6 @@ class EvalSpec(Section):
     """Epsilon of the evaluation policy."""
     every_env_steps: int | None = Field(250_000, ge=1)
     """Evaluate in the background every so many env steps (and always at the end); null = only at the end."""
-    video: bool = False
-    """Save an MP4 of one evaluation episode at the end (needs moviepy)."""
 
 
 class QLearningSpec(Section):
