@@ -36,6 +36,12 @@ def trial_outcome(status: str, last: dict[str, Any] | None, epochs: int, evaluat
     return "stopped"
 
 
+def short(key: str) -> str:
+    """A column title for a dotted path: its last part (``schedule.name``: the last two)."""
+    parts = key.split(".")
+    return ".".join(parts[-2:]) if parts[-1] == "name" else parts[-1]
+
+
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
@@ -78,7 +84,7 @@ class SweepDisplay:
             tune, last = self.sweep.tune, trial.last_result or {}
             how = trial_outcome("ERROR" if error else "TERMINATED", last,
                                 self.sweep.job.training.epochs, tune.trial == "evaluate")
-            params = " ".join(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in trial.config.items())
+            params = " ".join(f"{short(k)}={fmt(v)}" for k, v in trial.config.items())
             value = last.get(tune.metric)
             shown = f"{tune.metric}={fmt(value)}" if value is not None else ""
             epoch = f"epoch {last['epoch']}" if "epoch" in last else ""
@@ -90,7 +96,7 @@ class SweepDisplay:
         table = Table(title=f"sweep {self.sweep.name}: {done}/{len(self.trials)} trials done "
                             f"({tune.scheduler.name}, {tune.search} search, {tune.metric} {tune.direction})")
         keys = list(self.sweep.space)
-        for col in ["trial", "status", *(k.rsplit(".", 1)[-1] for k in keys), "epoch", tune.metric]:
+        for col in ["trial", "status", *(short(k) for k in keys), "epoch", tune.metric]:
             table.add_column(col, justify="left" if col in ("trial", "status") else "right")
         for t in self.trials:
             last = t.last_result or {}

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dl_ray.spec import parse_spec
-from dl_ray.tune.progress import fmt, trial_outcome
+from dl_ray.tune.progress import fmt, short, trial_outcome
 from dl_ray.tune.spec import SETTINGS, Sweep, set_path
 
 FINISHED = ("completed", "early_stopped", "stopped")
@@ -27,11 +27,11 @@ COLOURS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped": "ta
 
 
 def collect(grid, trials: dict[str, Any], sweep: Sweep) -> list[dict[str, Any]]:
-    """One row per trial, from Tune's results and the trials' statuses (``trials`` by id)."""
+    """One row per trial, from Tune's results and the trials' statuses (``trials`` by folder name)."""
     rows = []
     for result in grid:
         last = dict(result.metrics or {})
-        trial = trials.get(last.get("trial_id", ""))
+        trial = trials.get(Path(result.path).name)
         status = "ERROR" if result.error else (trial.status if trial is not None else "TERMINATED")
         row = {"trial": Path(result.path).name,
                "status": trial_outcome(status, last, sweep.job.training.epochs, sweep.tune.trial == "evaluate"),
@@ -125,7 +125,7 @@ def plot_curves(rows: list[dict[str, Any]], sweep: Sweep, best: dict[str, Any] |
             epochs, values = zip(*row["curve"])
             is_best = best is not None and row["trial"] == best["trial"]
             ax.plot(epochs, values, color=COLOURS.get(row["status"], "tab:gray"), lw=2.6 if is_best else 1.0,
-                    alpha=1.0 if is_best else 0.55, marker="." if is_best else None,
+                    alpha=1.0 if is_best else 0.55, marker="o", markersize=4 if is_best else 2.5,
                     label=f"best: {row['trial']}" if is_best else None, zorder=3 if is_best else 2)
     handles = [plt.Line2D([], [], color=c, label=s) for s, c in COLOURS.items() if any(r["status"] == s for r in rows)]
     ax.legend(handles=handles + [h for h in ax.get_lines() if h.get_label().startswith("best")], fontsize=8)
@@ -153,7 +153,7 @@ def print_results(rows: list[dict[str, Any]], sweep: Sweep, best: dict[str, Any]
     test = "test/" + metric.split("/", 1)[-1]
     columns = ["trial", "status", "epochs", *sweep.space, metric, *([test] if any(test in r for r in rows) else []), "train_s"]
     for col in columns:
-        table.add_column(col.rsplit(".", 1)[-1] if "." in col else col, justify="left" if col in ("trial", "status") else "right")
+        table.add_column(short(col) if col in sweep.space else col, justify="left" if col in ("trial", "status") else "right")
     for r in ranked[:top]:
         style = "bold green" if best is not None and r["trial"] == best["trial"] else None
         cells = [r["trial"].rsplit("_", 1)[-1], *(fmt(r.get(c)) if r.get(c) is not None else "" for c in columns[1:])]

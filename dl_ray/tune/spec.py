@@ -248,7 +248,7 @@ def check_space(sweep: Sweep) -> None:
     for key, dist in sweep.space.items():
         if key.startswith(SETTINGS) and settings_model is not None:
             for value in dist.values_to_check():
-                _check_settings(settings_model, {key.removeprefix(SETTINGS): value}, f"tune.space.{key}")
+                _check_settings(settings_model, {key.removeprefix(SETTINGS): value})
             continue
         if key.split(".")[0] not in SWEEPABLE:
             extra = f" or {SETTINGS}<evaluator setting>" if settings_model is not None else ""
@@ -275,7 +275,7 @@ def check_space(sweep: Sweep) -> None:
             raise SpecError(f"tune.space: the sampled combination {shown} is not a valid job: {e}") from None
 
 
-def _check_settings(model: type[BaseModel], values: dict[str, Any], where: str) -> None:
+def _check_settings(model: type[BaseModel], values: dict[str, Any]) -> None:
     try:
         model.model_validate(values)
     except ValidationError as e:

@@ -1,8 +1,9 @@
 """Driver of ``dl-ray tune``: check everything, then ``Tuner.fit`` (or ``Tuner.restore`` + fit).
 
 A trial holds what it really uses: one CPU worker in its own process ({CPU: cpus_per_worker}),
-or, when it drives a TorchTrainer, almost nothing ({CPU: 0.01}: its workers hold the CPUs and
-GPUs). So the default ``max_concurrent_trials`` is derived from the cluster and a trial's workers.
+or, when it drives a TorchTrainer, no CPU at all (its workers hold the CPUs and GPUs; a trial
+holding even 0.01 CPU leaves 1.99 of 2 and a 2-worker trainer would never be scheduled). So the
+default ``max_concurrent_trials`` is derived from the cluster and what one trial's workers hold.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from dl_ray.spec import JobSpec, SpecError, parse_spec
 from dl_ray.tune.spec import Sweep
 
-TRAINER_DRIVER = {"CPU": 0.01}  # a trial that only drives a TorchTrainer ({"CPU": 0} is refused by Ray)
+TRAINER_DRIVER = {"CPU": 0, "memory": 1 << 20}  # drives a TorchTrainer; Ray refuses an empty bundle, so 1 MiB
 
 
 def in_process(job: JobSpec) -> bool:
@@ -77,7 +78,7 @@ def reported_metrics(job: JobSpec, final_too: bool, evaluate_split: str | None) 
 
 
 def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: bool = False):
-    """Start (or resume) the sweep; returns ``(ResultGrid, trials)`` with Tune's trial objects."""
+    """Start (or resume) the sweep; returns ``(ResultGrid, trials)``: Tune's trial objects by folder name."""
     from ray import tune
 
     from dl_ray.train.runner import _quiet_ray, ensure_ray
@@ -95,9 +96,10 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     ensure_ray(verbose)
     import ray
 
-    concurrency = sweep.tune.max_concurrent_trials or derived_concurrency(job, ray.cluster_resources(), console)
+    concurrency = sweep.tune.max_concurrent_trials or derived_concurrency(footprint(sweep, job), ray.cluster_resources(), console)
     trainable = _trainable(sweep, job)
-    where = "in the trial process" if in_process(job) else f"{max(job.scaling.num_workers, 1)} Ray workers each"
+    where = ("in the trial process" if in_process(job) or sweep.tune.trial == "evaluate"
+             else f"{max(job.scaling.num_workers, 1)} Ray workers each")
     console.print(f"[bold]sweep {sweep.name}[/]: {sweep.tune.num_samples} x {sweep.tune.search} over "
                   f"{', '.join(sweep.space)}; {sweep.tune.scheduler.name}; trials {where}, "
                   f"{concurrency} at a time → {folder}" + (" (resuming)" if restoring else ""))
@@ -113,7 +115,9 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(sweep))))
     with SweepDisplay(sweep, console) as display:
         grid = tuner.fit()
-    return grid, {t.trial_id: t for t in display.trials}
+    from dl_ray.tune.trial import trial_folder_name
+
+    return grid, {trial_folder_name(sweep.name, t.trial_id): t for t in display.trials}
 
 
 def _checkpoints_kept(sweep: Sweep) -> int | None:
@@ -121,13 +125,18 @@ def _checkpoints_kept(sweep: Sweep) -> int | None:
     return None if sweep.tune.scheduler.name == "pbt" else 2
 
 
-def derived_concurrency(job: JobSpec, cluster: dict[str, float], console: Console) -> int:
-    """How many trials fit at once: cluster resources / what one trial's workers hold."""
+def footprint(sweep: Sweep, job: JobSpec) -> dict[str, float]:
+    """What one trial really holds: its own process (in-process and evaluate trials) or its trainer's workers."""
     s = job.scaling
+    if sweep.tune.trial == "evaluate":
+        return {"CPU": 1.0, "GPU": 1.0 if s.use_gpu and _cluster_has_gpu() else 0.0}
     workers = max(s.num_workers, 1)
     needs = {"CPU": workers * s.cpus_per_worker, **{k: workers * v for k, v in s.resources_per_worker.items()}}
-    if s.use_gpu:
-        needs["GPU"] = workers
+    return needs | ({"GPU": float(workers)} if s.use_gpu else {})
+
+
+def derived_concurrency(needs: dict[str, float], cluster: dict[str, float], console: Console) -> int:
+    """How many trials fit at once: cluster resources / what one trial holds."""
     fits = min(math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in needs.items() if v > 0)
     if fits < 1:
         console.print(f"[yellow]warning[/]: one trial needs {needs}, the cluster has "
@@ -144,8 +153,7 @@ def _trainable(sweep: Sweep, job: JobSpec):
             "checkpoint_every_epoch": sweep.tune.scheduler.name == "pbt"}
     if sweep.tune.trial == "evaluate":
         plan |= {"checkpoint": str(sweep.checkpoint), "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
-        gpu = 1 if job.scaling.use_gpu and _cluster_has_gpu() else 0
-        return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), {"CPU": 1, "GPU": gpu})
+        return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), footprint(sweep, job))
     resources = {"CPU": job.scaling.cpus_per_worker} if plan["in_process"] else TRAINER_DRIVER
     return tune.with_resources(tune.with_parameters(train_trial, plan=plan), resources)
 
@@ -176,7 +184,7 @@ def _tune_config(sweep: Sweep, job: JobSpec, concurrency: int):
     name = functools.partial(_trial_name, sweep.name)
     return tune.TuneConfig(metric=t.metric, mode=t.direction, num_samples=t.num_samples, search_alg=search,
                            scheduler=_scheduler(sweep, job), max_concurrent_trials=limit, time_budget_s=t.time_budget_s,
-                           reuse_actors=in_process(job), trial_name_creator=name, trial_dirname_creator=name)
+                           reuse_actors=in_process(job) or t.trial == "evaluate", trial_name_creator=name, trial_dirname_creator=name)
 
 
 def _trial_name(sweep_name: str, trial) -> str:
@@ -189,8 +197,8 @@ def _scheduler(sweep: Sweep, job: JobSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     s = sweep.tune.scheduler
-    if s.name == "asha":  # trials that reach the last epoch finish on their own (final test report)
-        return ASHAScheduler(time_attr="epoch", max_t=job.training.epochs, grace_period=s.grace_period,
+    if s.name == "asha":  # no rung at the last epoch (stopping there saves nothing): survivors finish and test
+        return ASHAScheduler(time_attr="epoch", max_t=max(job.training.epochs - 1, s.grace_period), grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, stop_last_trials=False)
     if s.name == "pbt":
         mutations = {k: list(d.args) if d.kind in ("choice", "grid") else d.to_ray() for k, d in sweep.space.items()}

@@ -11,11 +11,13 @@ the sweep's group), so a trial started again resumes there instead of starting o
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import ray.tune
 import torch
+import yaml
 
 from dl_ray.spec import JobSpec, parse_spec
 from dl_ray.tune.spec import SETTINGS, set_path
@@ -27,8 +29,6 @@ def trial_folder_name(sweep_name: str, trial_id: str) -> str:
 
 def trial_job(config: dict[str, Any], plan: dict[str, Any]) -> tuple[JobSpec, Path]:
     """The base job with this trial's values, its W&B group/name and its run folder."""
-    import copy
-
     name = trial_folder_name(plan["sweep"], ray.tune.get_context().get_trial_id())
     raw = copy.deepcopy(plan["job"])
     for path, value in config.items():
@@ -43,8 +43,15 @@ def trial_job(config: dict[str, Any], plan: dict[str, Any]) -> tuple[JobSpec, Pa
 
 
 def train_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    from dl_ray.tracking import read_summary
+
     spec, run_dir = trial_job(config, plan)
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved, done = run_dir / "spec.yaml", read_summary(run_dir)
+    if done and done.get("final") and saved.is_file() and yaml.safe_load(saved.read_text()) == spec.to_dict():
+        ray.tune.report(done["final"] | {"epoch": done["epochs_run"]})  # it finished before a killed driver noted it
+        return
+    saved.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     loop_config = {"spec": spec.to_dict(), "run_dir": str(run_dir)}
     if plan["in_process"]:
         from dl_ray.train.loop import train_loop_per_worker
