@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--dry-run", action="store_true", help="validate and print the base job and search space, start nothing")
     tune.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
+    # --- dl-ray submit / jobs / cluster (dl_ray/cluster): jobs on a Ray cluster, a local cluster ---
+    from dl_ray.cluster import commands as cluster_commands
+
+    cluster_commands.add_commands(sub)
+
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list(console)
+        if args.command in cluster_commands.COMMANDS:
+            return cluster_commands.run(args, main, sub.choices, console)
         if args.command == "dqn":
             return _dqn(args, console)
         if args.command == "tune":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from dl_ray.data import DataConfig
 from dl_ray.models import ModelConfig
@@ -139,9 +139,39 @@ class TrackingSpec(Section):
 
 class StorageSpec(Section):
     path: str = "runs"
-    """Folder holding every run (absolute, or relative to the working directory)."""
+    """Folder holding every run (absolute, or relative to the working directory). For runs on several
+    nodes: a shared filesystem path (NFS; set shared: true) or an s3:// / gs:// bucket URI."""
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     """This run's folder; default: the job's name. The same name again resumes."""
+    shared: bool = False
+    """True when path is one filesystem mounted at the same place on every node (NFS, EFS, Filestore,
+    a ReadWriteMany volume); a multi-node run refuses node-local storage."""
+
+    @field_validator("path")
+    @classmethod
+    def _known_uri(cls, path: str) -> str:
+        scheme, sep, rest = path.partition("://")
+        if sep and (scheme not in STORAGE_SCHEMES or not rest.strip("/")):
+            raise ValueError("expected a filesystem path or a bucket URI: s3://bucket/prefix or gs://bucket/prefix")
+        return path
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self.path
+
+    @property
+    def node_local(self) -> bool:
+        """Only the node that writes it can read it back (a plain local path)."""
+        return not (self.is_uri or self.shared)
+
+
+STORAGE_SCHEMES = ("s3", "gs")
+
+
+class ClusterSpec(Section):
+    address: str | None = None
+    """Ray dashboard / Jobs address `dl-ray submit` and `dl-ray jobs` use when neither --address nor
+    RAY_ADDRESS is given, e.g. http://127.0.0.1:8265 (a tunnel: `ray dashboard`, `kubectl port-forward`)."""
 
 
 class JobSpec(Section):
@@ -157,6 +187,7 @@ class JobSpec(Section):
     scaling: ScalingSpec = ScalingSpec()
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
+    cluster: ClusterSpec = ClusterSpec()
 
     @property
     def run_name(self) -> str:
@@ -193,7 +224,11 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)
-    return parse_spec(raw)
+    spec = parse_spec(raw)
+    if spec.storage.is_uri:
+        raise SpecError(f"storage.path: {spec.storage.path} is a bucket, and a run writes to a folder: send the job with "
+                        "`dl-ray submit` (it mirrors the run folder to the bucket) or give a filesystem path")
+    return spec
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -1,0 +1,103 @@
+"""``dl-ray jobs list | status ID | logs ID [--follow] | stop ID``: follow and manage submitted jobs."""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from dl_ray.cluster.client import explained
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow", "RUNNING": "cyan", "PENDING": "blue"}
+
+
+def list_jobs(client, address: str, console: Console) -> int:
+    with explained(address):
+        jobs = [j for j in client.list_jobs() if j.submission_id]
+    if not jobs:
+        console.print(f"no submitted jobs on {address}")
+        return 0
+    table = Table(title=f"jobs on {address}")
+    for col in ("submission id", "status", "started", "ran", "entrypoint"):
+        table.add_column(col, overflow="fold")
+    for job in sorted(jobs, key=lambda j: j.start_time or 0):
+        table.add_row(job.submission_id, _status(str(job.status)), _when(job.start_time), _ran(job), job.entrypoint)
+    console.print(table)
+    return 0
+
+
+def status(client, address: str, job_id: str, console: Console) -> int:
+    with explained(address, job_id):
+        job = client.get_job_info(job_id)
+    console.print(f"{job_id}: {_status(str(job.status))} after {_ran(job)} - {_first_line(job.message)}", soft_wrap=True)
+    console.print(f"  entrypoint: {job.entrypoint}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def logs(client, address: str, job_id: str, follow: bool, console: Console) -> int:
+    """Print the job's output; with ``follow``, stream it until the job ends and exit 0 only if it succeeded."""
+    with explained(address, job_id):
+        if not follow:
+            sys.stdout.write(client.get_job_logs(job_id))
+            return 0
+        client.get_job_info(job_id)  # an unknown id fails here, with the usual message
+
+        async def tail():
+            async for chunk in client.tail_job_logs(job_id):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+
+        try:
+            asyncio.run(tail())
+        except KeyboardInterrupt:
+            console.print(f"stopped following; the job goes on (`dl-ray jobs stop {job_id}` stops it)", style="yellow",
+                          soft_wrap=True)
+            return 130
+        job = _wait_terminal(client, job_id, timeout_s=30)
+    console.print(f"{job_id}: {_status(str(job.status))} after {_ran(job)} - {_first_line(job.message)}", soft_wrap=True)
+    return 0 if str(job.status) == "SUCCEEDED" else 1
+
+
+def stop(client, address: str, job_id: str, console: Console, timeout_s: float = 60) -> int:
+    with explained(address, job_id):
+        job = client.get_job_info(job_id)
+        if str(job.status) in TERMINAL:
+            console.print(f"{job_id} already ended: {_status(str(job.status))}; nothing to stop", soft_wrap=True)
+            return 0
+        client.stop_job(job_id)
+        job = _wait_terminal(client, job_id, timeout_s)
+    console.print(f"{job_id}: {_status(str(job.status))} after {_ran(job)}", soft_wrap=True)
+    return 0 if str(job.status) in TERMINAL else 1
+
+
+def _wait_terminal(client, job_id: str, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    job = client.get_job_info(job_id)
+    while str(job.status) not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = client.get_job_info(job_id)
+    return job
+
+
+def _status(status: str) -> str:
+    return f"[{COLOURS.get(status, 'white')}]{status}[/]"
+
+
+def _when(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def _ran(job) -> str:
+    if not job.start_time:
+        return "0 s"
+    end = job.end_time or time.time() * 1000
+    seconds = max(0, int((end - job.start_time) / 1000))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""

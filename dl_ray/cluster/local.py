@@ -1,0 +1,174 @@
+"""A Ray cluster on this machine: ``dl-ray cluster up|down``.
+
+``up`` runs ``ray start --head --block`` (and ``ray start --address --block`` for
+extra nodes) as background processes, with token authentication on and the
+dashboard / Jobs API bound to 127.0.0.1 only. Their ids and the cluster's
+addresses go to ``<folder>/cluster.json``; ``down`` stops exactly those
+processes (a ``--block`` process takes its Ray processes down with it), never
+other Ray clusters on the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import requests
+
+from dl_ray.cluster import ClusterError
+from dl_ray.cluster.auth import auth_headers, ensure_token
+
+STATE_FILE = "cluster.json"
+DEFAULT_FOLDER = Path.home() / ".cache" / "dl_ray" / "cluster"
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass
+class LocalCluster:
+    folder: str
+    address: str
+    """Dashboard / Jobs API URL (what ``--address`` and ``RAY_ADDRESS`` take)."""
+    gcs_address: str
+    """Ray core address (``ray.init(address=...)``, ``ray start --address``)."""
+    token_path: str | None
+    nodes: int
+    pids: list[int]
+    """``ray start --block`` processes, head first."""
+
+    @classmethod
+    def load(cls, folder: Path) -> LocalCluster | None:
+        path = folder / STATE_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+    def save(self) -> None:
+        (Path(self.folder) / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+
+def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | None = None, gpus: int | None = None,
+       port: int = 6379, dashboard_port: int = 8265, temp_dir: Path | None = None, timeout_s: float = 120) -> LocalCluster:
+    """Start a head (and ``nodes - 1`` more nodes) on 127.0.0.1; port 0 = any free port."""
+    folder = folder.absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    running = LocalCluster.load(folder)
+    if running and any(_alive(pid) for pid in running.pids):
+        raise ClusterError(f"a cluster from {folder} is already up at {running.address}; `dl-ray cluster down` first")
+    token_file = ensure_token()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # jobs run this env's dl-ray
+    if token_file:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    port, dashboard_port = port or _free_port(), dashboard_port or _free_port()
+    gcs_address, address = f"{LOCALHOST}:{port}", f"http://{LOCALHOST}:{dashboard_port}"
+    cluster = LocalCluster(str(folder), address, gcs_address, str(token_file) if token_file else None, nodes, [])
+
+    common = ["--block", "--node-ip-address", LOCALHOST, "--disable-usage-stats"]
+    if cpus is not None:
+        common += ["--num-cpus", str(cpus)]
+    if gpus is not None:
+        common += ["--num-gpus", str(gpus)]
+    head = ["--head", "--port", str(port), "--include-dashboard", "true", "--dashboard-host", LOCALHOST,
+            "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(_free_port())]
+    try:
+        for i in range(nodes):
+            role = head if i == 0 else ["--address", gcs_address]
+            node = [*role, *common, *_node_ports(), *_temp_dir(temp_dir, i)]
+            cluster.pids.append(_start(folder / f"node{i}.log", node, env))
+            cluster.save()
+            _wait_for_nodes(cluster, i + 1, folder / f"node{i}.log", timeout_s)
+    except BaseException:
+        down(folder)
+        raise
+    return cluster
+
+
+def down(folder: Path = DEFAULT_FOLDER, timeout_s: float = 30) -> LocalCluster | None:
+    """Stop the cluster recorded in ``folder`` (extra nodes first); None when there was none."""
+    cluster = LocalCluster.load(folder.absolute())
+    if cluster is None:
+        return None
+    for pid in reversed(cluster.pids):
+        _stop(pid, timeout_s)
+    (Path(cluster.folder) / STATE_FILE).unlink(missing_ok=True)
+    return cluster
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _start(log: Path, args: list[str], env: dict[str, str]) -> int:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    return proc.pid
+
+
+def _stop(pid: int, timeout_s: float) -> None:
+    """SIGTERM a ``ray start --block`` process (it stops its Ray processes), SIGKILL its group if it hangs."""
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)  # its own session (start_new_session): only what it started
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` is one of our ``ray start`` processes (a recycled pid is not)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and "ray.scripts.scripts" in proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """Ports each node binds: all free ones, so nodes (and other Ray instances) on one machine never collide."""
+    flags = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+    return [item for flag in flags for item in (flag, str(_free_port()))]
+
+
+def _temp_dir(head_dir: Path | None, node: int) -> list[str]:
+    """Each node its own session folder: nodes sharing one unpack the same job package into the same place, and
+    one node's unpacking deletes files another node's job is importing."""
+    if node == 0:
+        return ["--temp-dir", str(head_dir)] if head_dir else []
+    base = head_dir or Path("/tmp/ray")  # Ray's default
+    return ["--temp-dir", str(base.with_name(f"{base.name}_node{node}"))]
+
+
+def _wait_for_nodes(cluster: LocalCluster, count: int, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(cluster.pids[-1]):
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise ClusterError(f"ray start failed ({log}): {' | '.join(tail)}")
+        if alive_nodes(cluster.address) >= count:
+            return
+        time.sleep(1)
+    raise ClusterError(f"the cluster did not show {count} node(s) within {timeout_s:.0f} s (see {log})")
+
+
+def alive_nodes(address: str) -> int:
+    """Nodes the cluster reports alive (0 when its dashboard does not answer yet)."""
+    try:
+        r = requests.get(f"{address}/api/v0/nodes", params={"limit": 1000}, headers=auth_headers(), timeout=5)
+        rows = r.json()["data"]["result"]["result"] if r.ok else []
+    except (requests.RequestException, ValueError, KeyError):
+        return 0
+    return sum(1 for node in rows if node.get("state") == "ALIVE")

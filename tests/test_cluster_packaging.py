@@ -1,0 +1,187 @@
+"""What a submitted job carries (project files, never secrets), storage rules, the bucket mirror: no cluster needed."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dl_ray.cli import main as cli_main
+from dl_ray.cluster import package, storage
+from dl_ray.cluster.mirror import Mirror
+from dl_ray.cluster.mirror import main as mirror_main
+from dl_ray.cluster.submit import detect_command, entrypoint, prepare
+from dl_ray.spec import SpecError, StorageSpec, load_spec
+from tests.conftest import ROOT
+
+
+def make_project(root: Path) -> Path:
+    files = {
+        "pyproject.toml": "[project]\nname='x'\n", "dl_ray/cli.py": "print()\n", "jobs/a.yaml": "name: a\n",
+        ".env": "WANDB_API_KEY=secret\n", "keys/server.pem": "-----BEGIN-----", "runs/a/metrics.csv": "epoch\n1\n",
+        "wandb/run-1/files.txt": "x", ".git/config": "[core]", ".venv/bin/python": "", "dl_ray/__pycache__/c.pyc": "",
+        "data_cache/big.npy": "0" * 1000, "notes/aws_credentials.txt": "AKIA...", "dl_ray/models/mlp.py": "x = 1\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_package_takes_the_code_and_leaves_secrets_runs_caches_and_vcs_behind(tmp_path):
+    root = make_project(tmp_path / "project")
+    files = package.collect(root / "jobs" / "a.yaml", root)
+    assert files.files == ["dl_ray/cli.py", "dl_ray/models/mlp.py", "jobs/a.yaml", "pyproject.toml"]
+    assert files.job_entry == "jobs/a.yaml" and not files.extra
+
+
+def test_package_of_a_git_checkout_also_leaves_what_gitignore_ignores(tmp_path):
+    root = make_project(tmp_path / "project")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("big_data/\n*.log\n")
+    (root / "big_data").mkdir()
+    (root / "big_data" / "x.bin").write_bytes(b"0" * 100)
+    (root / "train.log").write_text("noise")
+    files = package.collect(root / "jobs" / "a.yaml", root)
+    assert files.files == [".gitignore", "dl_ray/cli.py", "dl_ray/models/mlp.py", "jobs/a.yaml", "pyproject.toml"]
+
+
+def test_package_of_this_checkout_follows_gitignore_and_has_no_run_outputs():
+    files = package.collect(ROOT / "jobs" / "mnist_lenet.yaml")
+    assert "dl_ray/cli.py" in files.files and "pyproject.toml" in files.files
+    assert not [f for f in files.files if f.startswith((".venv/", "runs/", "wandb/", ".git/")) or "__pycache__" in f]
+
+
+def test_a_job_file_outside_the_project_travels_in_its_own_folder_and_the_zip_is_deterministic(tmp_path):
+    root = make_project(tmp_path / "project")
+    job = tmp_path / "elsewhere" / "b.yaml"
+    job.parent.mkdir()
+    job.write_text("name: b\n")
+    files = package.collect(job, root)
+    assert files.job_entry == "_dl_ray_job/b.yaml" and files.extra == {"_dl_ray_job/b.yaml": job.resolve()}
+    first = files.write_zip(tmp_path / "1.zip").read_bytes()
+    second = files.write_zip(tmp_path / "2.zip").read_bytes()
+    assert first == second  # same files -> same Ray package hash -> uploaded once
+    with zipfile.ZipFile(tmp_path / "1.zip") as zf:
+        assert zf.read("_dl_ray_job/b.yaml") == b"name: b\n" and ".env" not in zf.namelist()
+
+
+def test_a_zip_over_rays_limit_is_refused_naming_the_biggest_folders(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "project")
+    (root / "dl_ray" / "weights.bin").write_bytes(os.urandom(100_000))  # does not compress
+    monkeypatch.setenv("RAY_max_grpc_message_size", "50000")
+    files = package.collect(root / "jobs" / "a.yaml", root)
+    with pytest.raises(package.ClusterError, match=r"zips to .* KiB, over Ray's upload limit of 48.8 KiB; biggest: dl_ray"):
+        files.write_zip(tmp_path / "p.zip")
+    monkeypatch.delenv("RAY_max_grpc_message_size")
+    assert package.size_limit() == 100 * 1024**2  # the dashboard's request limit binds before the GCS one
+
+
+@pytest.mark.parametrize("raw, command", [
+    ({"model": {}, "data": {}}, "train"),
+    ({"model": {}, "tune": {"space": {}}}, "tune"),
+    ({"algorithm": "dqn", "env": {"id": "CartPole-v1"}}, "dqn"),
+    ({"algorithm": "q_learning"}, "dqn"),
+])
+def test_the_command_is_read_from_the_job_file(raw, command):
+    assert detect_command(raw) == command
+
+
+def test_shipped_job_files_are_recognised():
+    for path, command in (("jobs/mnist_lenet.yaml", "train"), ("jobs/sweeps/digits_tiny.yaml", "tune"),
+                          ("jobs/rl/dqn_cartpole.yaml", "dqn")):
+        if (ROOT / path).is_file():
+            assert detect_command(yaml.safe_load((ROOT / path).read_text())) == command, path
+
+
+def test_a_sweep_over_a_base_job_is_checked_with_the_base_jobs_storage(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "b", "storage": {"path": "/mnt/shared/runs", "shared": True}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "base": "base.yaml", "tune": {"space": {}}}))
+    sub = prepare(str(tmp_path / "sweep.yaml"), None, ["tune.num_samples=2"], ["train", "tune"])
+    assert sub.command == "tune" and sub.storage == StorageSpec(path="/mnt/shared/runs", shared=True) and sub.name == "s"
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "b"}))  # its default storage: runs, relative
+    with pytest.raises(SpecError, match="storage.path: 'runs' is relative"):
+        prepare(str(tmp_path / "sweep.yaml"), None, [], ["train", "tune"])
+    with pytest.raises(SpecError, match="--command: 'dqn' is not a dl-ray command that runs a job file; allowed: train, tune"):
+        prepare(str(tmp_path / "sweep.yaml"), "dqn", [], ["train", "tune"])
+
+
+def test_a_bucket_run_is_wrapped_in_the_mirror_and_writes_to_a_scratch_folder(tmp_path):
+    job = tmp_path / "j.yaml"
+    job.write_text(yaml.safe_dump({"name": "j", "model": {"name": "mlp"}, "data": {"name": "digits"}}))
+    sub = prepare(str(job), None, ["storage.path=gs://bucket/runs", "storage.name=r1"], ["train"])
+    scratch = storage.scratch_for("gs://bucket/runs")
+    assert entrypoint(sub, "_dl_ray_job/j.yaml") == (
+        f"python -m dl_ray.cluster.mirror gs://bucket/runs {scratch} r1 -- dl-ray train _dl_ray_job/j.yaml "
+        f"--set storage.path=gs://bucket/runs --set storage.name=r1 --set storage.path={scratch}")
+    assert cli_main(sub.dry_run_argv()) == 0  # the job, as the cluster runs it, is valid
+    plain = prepare(str(job), None, ["storage.path=/mnt/shared/runs"], ["train"])
+    assert entrypoint(plain, "_dl_ray_job/j.yaml") == "dl-ray train _dl_ray_job/j.yaml --set storage.path=/mnt/shared/runs"
+
+
+def test_storage_accepts_paths_and_bucket_uris_and_names_the_allowed_forms():
+    assert StorageSpec(path="s3://bucket/runs").is_uri and not StorageSpec(path="s3://bucket/runs").node_local
+    assert StorageSpec(path="gs://bucket").is_uri
+    assert StorageSpec(path="/mnt/shared/runs", shared=True).node_local is False
+    assert StorageSpec(path="runs").node_local
+    for bad in ("ftp://host/runs", "s3://", "hdfs://nn/runs"):
+        with pytest.raises(ValueError, match="s3://bucket/prefix or gs://bucket/prefix"):
+            StorageSpec(path=bad)
+
+
+def test_local_runs_refuse_a_bucket_and_say_how_to_use_it(tmp_path):
+    job = tmp_path / "j.yaml"
+    job.write_text(yaml.safe_dump({"name": "j", "model": {"name": "mlp"}, "data": {"name": "digits"}}))
+    with pytest.raises(SpecError, match="is a bucket, and a run writes to a folder: send the job with `dl-ray submit`"):
+        load_spec(job, ["storage.path=gs://b/runs"])
+
+
+def test_storage_checks_for_cluster_jobs():
+    raw_workers = {"scaling": {"num_workers": 2}}
+    storage.check_nodes(StorageSpec(path="/data/runs"), "train", {}, nodes=3, address="A")  # only the driver writes
+    storage.check_nodes(StorageSpec(path="/data/runs"), "train", raw_workers, nodes=1, address="A")  # one node
+    storage.check_nodes(StorageSpec(path="/mnt/shared", shared=True), "tune", {}, nodes=3, address="A")
+    with pytest.raises(SpecError, match=r"node-local .* 3 nodes and scaling.num_workers=2 places Ray Train workers"):
+        storage.check_nodes(StorageSpec(path="/data/runs"), "train", raw_workers, nodes=3, address="A")
+    with pytest.raises(SpecError, match=r"a bucket mirrored from the job's driver node.*`dl-ray tune` places"):
+        storage.check_nodes(StorageSpec(path="s3://b/runs"), "tune", {}, nodes=2, address="A")
+    with pytest.raises(SpecError, match="is relative"):
+        storage.check_path(StorageSpec(path="runs"))
+    assert storage.scratch_for("s3://b/runs") == storage.scratch_for("s3://b/runs") != storage.scratch_for("s3://b/other")
+
+
+def test_mirror_resumes_from_the_bucket_copies_the_run_back_and_keeps_the_exit_code(tmp_path):
+    bucket, scratch = tmp_path / "bucket", tmp_path / "scratch"
+    (bucket / "run1").mkdir(parents=True)
+    (bucket / "run1" / "metrics.csv").write_text("epoch\n1\n")  # an earlier attempt
+    script = ("import pathlib, sys; d = pathlib.Path(sys.argv[1]) / 'run1'; "
+              "assert (d / 'metrics.csv').read_text() == 'epoch\\n1\\n'; "  # the earlier attempt was pulled
+              "(d / 'metrics.csv').write_text('epoch\\n1\\n2\\n'); (d / 'ckpt').mkdir(); (d / 'ckpt' / 's.pt').write_bytes(b'w'); "
+              "sys.exit(3)")
+    code = mirror_main([f"file://{bucket}", str(scratch), "run1", "--", sys.executable, "-c", script, str(scratch)])
+    assert code == 3
+    assert (bucket / "run1" / "metrics.csv").read_text() == "epoch\n1\n2\n"
+    assert (bucket / "run1" / "ckpt" / "s.pt").read_bytes() == b"w"
+
+    mirror = Mirror(f"file://{bucket}/run1", scratch / "run1")
+    assert mirror.pull() == 2 and mirror.push() == 0  # nothing changed since: nothing is sent again
+
+
+def test_mirror_passes_a_stop_on_to_the_job(tmp_path):
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    script = ("import pathlib, signal, sys, time\n"
+              "def bye(*_):\n    (pathlib.Path(sys.argv[1]) / 'run' / 'stopped.txt').write_text('yes'); sys.exit(143)\n"
+              "signal.signal(signal.SIGTERM, bye); (pathlib.Path(sys.argv[1]) / 'run').mkdir(parents=True)\n"
+              "print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-m", "dl_ray.cluster.mirror", f"file://{bucket}", str(tmp_path / "s"), "run",
+                             "--", sys.executable, "-c", script, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    while "ready" not in proc.stdout.readline():
+        pass
+    proc.terminate()
+    assert proc.wait(timeout=30) == 143
+    assert (bucket / "run" / "stopped.txt").read_text() == "yes"
