@@ -27,6 +27,15 @@ def ngrams(tokens: Tokens, n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
+def modified_precision(hypothesis: Tokens, references: Sequence[Tokens], n: int) -> tuple[int, int]:
+    """``(clipped matches, hypothesis n-grams)``: each n-gram counts at most its maximum count in one reference."""
+    counts = ngrams(hypothesis, n)
+    max_ref = Counter()
+    for ref in references:
+        max_ref |= ngrams(ref, n)  # element-wise max over the references
+    return sum(min(c, max_ref[g]) for g, c in counts.items()), sum(counts.values())
+
+
 def corpus_bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]], max_n: int = 4,
                 smooth: Literal["none", "exp"] = "none") -> float:
     """BLEU of tokenised ``hypotheses`` against one or more tokenised references each (0..100)."""
@@ -38,12 +47,9 @@ def corpus_bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Toke
         hyp_len += len(hyp)
         ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
         for n in range(1, max_n + 1):
-            counts = ngrams(hyp, n)
-            max_ref = Counter()
-            for ref in refs:
-                max_ref |= ngrams(ref, n)  # element-wise max: an n-gram may be used as often as in one reference
-            matches[n - 1] += sum(min(c, max_ref[g]) for g, c in counts.items())
-            totals[n - 1] += sum(counts.values())
+            right, total = modified_precision(hyp, refs, n)
+            matches[n - 1] += right
+            totals[n - 1] += total
     return bleu_from_counts(matches, totals, hyp_len, ref_len, smooth)
 
 

@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--dry-run", action="store_true", help="validate and print the base job and search space, start nothing")
     tune.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
+    # --- dl-ray eval (dl_ray/eval_seq2seq.py): decode a seq2seq run, BLEU, error analysis, attention maps ---
+    evaluate = sub.add_parser("eval", help="decode a trained seq2seq run's test split: exact match, BLEU, error analysis")
+    evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_JOB", help="run folder (runs/NAME) or its job YAML; several compare")
+    evaluate.add_argument("--beam", type=int, default=3, help="beam width B compared with greedy search (default 3; 1 = greedy only)")
+    evaluate.add_argument("--alpha", type=float, default=0.7, help="length normalisation: rank by sum log P / T^alpha (default 0.7)")
+
     # --- dl-ray submit / jobs / cluster (dl_ray/cluster): jobs on a Ray cluster, a local cluster ---
     from dl_ray.cluster import commands as cluster_commands
 
@@ -58,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             return cluster_commands.run(args, main, sub.choices, console)
         if args.command == "dqn":
             return _dqn(args, console)
+        if args.command == "eval":
+            from dl_ray.eval_seq2seq import main as evaluate_runs
+
+            return evaluate_runs(args.runs, args.beam, args.alpha, console)
         if args.command == "tune":
             from dl_ray.tune.sweep import command
 

@@ -1,15 +1,17 @@
 """Finding the most likely output sequence: greedy, beam search (batched and per sentence), exhaustive.
 
 All work on any model with ``encode(x) -> (memory, state)`` and ``step(tokens, state, memory) ->
-(log_probs, state)`` (see :mod:`dl_ray.models.seq2seq`), ``max_len`` and the ids ``<pad>=0,
-<sos>=1, <eos>=2``. A hypothesis ends at ``<eos>`` or after ``max_len`` tokens; its score is
+(log_probs, state)`` (see :mod:`dl_ray.models.seq2seq`: memory has one row per sentence, the
+state ``g`` grouped rows), ``max_len`` and the ids ``<pad>=0, <sos>=1, <eos>=2``. A hypothesis ends at ``<eos>`` or after ``max_len`` tokens; its score is
 ``sum log P(y<t> | x, y<1..t-1>)`` over its ``T`` tokens (``<eos>`` included), and beam search and
 exhaustive search rank by the length-normalised ``score / T**alpha`` (the course's alpha = 0.7).
 
 Beam search keeps the ``B`` best unfinished prefixes per sentence. Each step it looks at the ``2B``
 best one-token extensions: a ``<eos>`` among the first ``B`` finishes a hypothesis, the first ``B``
-others go on. A sentence is done when ``B`` hypotheses have finished (so ``B=1`` is greedy search),
-or at ``max_len``; the best finished one by normalised score is returned.
+others go on. A sentence is done at ``max_len``, or once ``B`` hypotheses have finished and the best
+finished one scores at least as well as every live prefix (so ``B=1`` is greedy search, and a few
+unlikely early ``<eos>`` can't end the search before the likely hypothesis finishes). The best
+finished hypothesis by normalised score is returned.
 """
 from __future__ import annotations
 
@@ -85,8 +87,7 @@ def beam_search(model, x: torch.Tensor, beam: int = 3, alpha: float = 0.7, max_l
         raise ValueError(f"beam width must be >= 1 (got {beam})")
     max_len, n, dev = max_len or model.max_len, len(x), x.device
     memory, state = model.encode(x)
-    flat = torch.arange(n, device=dev).repeat_interleave(beam)
-    memory, state = _reorder(memory, flat), _reorder(state, flat)
+    state = _reorder(state, torch.arange(n, device=dev).repeat_interleave(beam))  # B hypotheses per sentence
     scores = torch.full((n, beam), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # one live hypothesis (the empty prefix) per sentence
     prefixes = torch.zeros(n, beam, 0, dtype=torch.long, device=dev)
@@ -95,6 +96,7 @@ def beam_search(model, x: torch.Tensor, beam: int = 3, alpha: float = 0.7, max_l
                    torch.ones(n, dtype=torch.long, device=dev))
     best_norm = torch.full((n,), float("-inf"), device=dev)
     finished = torch.zeros(n, dtype=torch.long, device=dev)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
     rows, rank = torch.arange(n, device=dev), torch.arange(2 * beam, device=dev)
     for t in range(1, max_len + 1):
         log_probs, state = model.step(prev, state, memory)
@@ -102,7 +104,7 @@ def beam_search(model, x: torch.Tensor, beam: int = 3, alpha: float = 0.7, max_l
         candidates = (scores[:, :, None] + log_probs.view(n, beam, vocab)).view(n, beam * vocab)
         top, index = candidates.topk(min(2 * beam, beam * vocab), dim=1)  # sorted, best first
         parent, token = index // vocab, index % vocab
-        valid = torch.isfinite(top) & (finished < beam)[:, None]
+        valid = torch.isfinite(top) & ~done[:, None]
         ends = token == EOS
         # ---- finish: <eos> within the first B (at max_len: every one of the first B)
         finish = valid & (rank[: top.shape[1]] < beam) & (ends | (t == max_len))
@@ -114,14 +116,17 @@ def beam_search(model, x: torch.Tensor, beam: int = 3, alpha: float = 0.7, max_l
             best.tokens[better] = torch.nn.functional.pad(seq, (0, max_len - t), value=PAD)[better]
             best.scores[better], best.lengths[better], best_norm[better] = top[rows, first][better], t, norm[better]
         finished += finish.sum(dim=1)
-        if t == max_len or bool((finished >= beam).all()):
+        if t == max_len:
             break
         # ---- go on: the first B extensions that don't end
-        goes_on = valid & ~ends & (finished < beam)[:, None]
+        goes_on = valid & ~ends
         slot = torch.where(goes_on, goes_on.cumsum(dim=1) - 1, beam).clamp(max=beam)
         keep = lambda values, fill: torch.full((n, beam + 1), fill, dtype=values.dtype, device=dev).scatter(  # noqa: E731
             1, slot, torch.where(goes_on, values, torch.full_like(values, fill)))[:, :beam]
         scores, parent, token = keep(top, float("-inf")), keep(parent, 0), keep(token, PAD)
+        done |= (finished >= beam) & (best_norm >= scores.max(dim=1).values / t**alpha)
+        if bool(done.all()):
+            break
         prefixes = torch.cat([prefixes[rows[:, None], parent], token[:, :, None]], dim=2)
         state = _reorder(state, (rows[:, None] * beam + parent).reshape(-1))
         prev = token.reshape(-1)
@@ -147,8 +152,7 @@ def _beam_one(model, x: torch.Tensor, beam: int, alpha: float, max_len: int) -> 
     finished = 0
     for t in range(1, max_len + 1):
         prev = torch.tensor([h[-1] if h else SOS for h, _ in hypotheses], device=x.device)
-        here = {k: v.expand(len(hypotheses), *v.shape[1:]) for k, v in memory.items()}
-        log_probs, state = model.step(prev, state, here)
+        log_probs, state = model.step(prev, state, memory)
         scores = torch.tensor([s for _, s in hypotheses], device=x.device)[:, None] + log_probs
         top, index = scores.flatten().topk(min(2 * beam, scores.numel()))
         survivors, parents = [], []
@@ -165,7 +169,8 @@ def _beam_one(model, x: torch.Tensor, beam: int, alpha: float, max_len: int) -> 
             elif len(survivors) < beam:
                 survivors.append((seq, score))
                 parents.append(parent)
-        if finished >= beam or t == max_len or not survivors:
+        best_live = max((s for _, s in survivors), default=float("-inf")) / t**alpha
+        if t == max_len or not survivors or (finished >= beam and best[2] >= best_live):
             break
         hypotheses = survivors
         state = _reorder(state, torch.tensor(parents, device=x.device))
@@ -183,9 +188,8 @@ def exhaustive(model, x: torch.Tensor, alpha: float = 0.7, max_len: int | None =
         scores = torch.zeros(1, device=x.device)
         best = (None, float("-inf"), float("-inf"), 0)
         for t in range(1, max_len + 1):
-            here = {k: v.expand(len(prefixes), *v.shape[1:]) for k, v in memory.items()}
             prev = prefixes[:, -1] if t > 1 else torch.full((1,), SOS, device=x.device)
-            log_probs, state = model.step(prev, state, here)
+            log_probs, state = model.step(prev, state, memory)
             total = scores[:, None] + log_probs  # (prefixes, V)
             vocab = total.shape[1]
             ends = torch.zeros_like(total, dtype=torch.bool)
@@ -208,6 +212,15 @@ def exhaustive(model, x: torch.Tensor, alpha: float = 0.7, max_len: int | None =
         tokens[i, :t] = seq
     return Decoded(tokens, torch.tensor([r[1] for r in rows], device=x.device),
                    torch.tensor([r[3] for r in rows], device=x.device))
+
+
+def in_batches(search, model, x: torch.Tensor, batch_size: int = 512, **options) -> Decoded:
+    """``search(model, batch, **options)`` over ``x`` in batches of similar input length (less padding
+    to attend over), results back in the original order."""
+    order = (x != PAD).sum(dim=1).argsort(stable=True)
+    parts = [search(model, x[order[i : i + batch_size]], **options) for i in range(0, len(x), batch_size)]
+    undo = order.argsort()
+    return Decoded(*(torch.cat([getattr(p, f) for p in parts])[undo] for f in ("tokens", "scores", "lengths")))
 
 
 @torch.no_grad()

@@ -7,8 +7,10 @@ decoded one step at a time through the same two methods, which is all
 * ``encode(x) -> (memory, state)``: what stays fixed per sentence, and the decoder's first state;
 * ``step(tokens, state, memory) -> (log_probs, state)``: one decoder step for a batch of prefixes.
 
-Every tensor in ``memory`` and ``state`` is batch-first, so beam search reorders hypotheses
-with one ``t[index]`` per tensor. ``<pad>`` and ``<sos>`` can never be produced.
+Every tensor is batch-first. ``memory`` has one row per sentence; ``state`` may hold ``g``
+hypotheses per sentence, grouped (rows ``i*g .. i*g+g-1`` belong to sentence ``i``), so beam
+search never copies the encoder's output and reorders hypotheses with one ``t[index]`` per
+state tensor. ``<pad>`` and ``<sos>`` can never be produced.
 """
 from __future__ import annotations
 
@@ -43,11 +45,11 @@ class AttentionConfig(ModelConfig):
     """Recurrent cell of the bidirectional encoder and of the decoder."""
     embedding: int = Field(32, ge=1)
     """Size of the character embeddings."""
-    encoder_hidden: int = Field(64, ge=1)
+    encoder_hidden: int = Field(32, ge=1)
     """Hidden units of each direction of the encoder (its states a<t> have twice this size)."""
-    decoder_hidden: int = Field(128, ge=1)
+    decoder_hidden: int = Field(64, ge=1)
     """Hidden units of the decoder RNN (s<t> in the course)."""
-    attention: int = Field(64, ge=1)
+    attention: int = Field(32, ge=1)
     """Units of the small network scoring e<t,t'> = v . tanh(W s<t-1> + U a<t'>)."""
 
 
@@ -194,9 +196,13 @@ class AttentionSeq2Seq(Seq2SeqModel):
         return {"values": features, "keys": self.score_keys(features), "mask": x != 0}, state
 
     def _step(self, tokens, state, memory):
-        energy = self.score(torch.tanh(memory["keys"] + self.score_query(state["s"])[:, None])).squeeze(-1)
-        alpha = energy.masked_fill(~memory["mask"], float("-inf")).softmax(dim=-1)  # (N, Tx)
-        context = torch.bmm(alpha[:, None], memory["values"]).squeeze(1)
+        keys, values = memory["keys"], memory["values"]
+        n, g = len(keys), len(tokens) // len(keys)  # sentences, hypotheses per sentence
+        query = self.score_query(state["s"]).view(n, g, 1, -1)
+        energy = self.score((keys[:, None] + query).tanh_()).squeeze(-1)  # (n, g, Tx)
+        alpha = energy.masked_fill(~memory["mask"][:, None], float("-inf")).softmax(dim=-1)
+        context = torch.bmm(alpha, values).flatten(0, 1)  # sum_t' alpha<t,t'> a<t'>
+        alpha = alpha.flatten(0, 1)
         cell_in = torch.cat([self.drop(self.target_embed(tokens)), context], dim=-1)
         if self.cell == "lstm":
             s, c = self.decoder(cell_in, (state["s"], state["c"]))
