@@ -163,7 +163,8 @@ def print_results(rows: list[dict[str, Any]], sweep: Sweep, best: dict[str, Any]
     console.print("trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
     for r in rows:
         if r["status"] == "error":
-            console.print(f"[red]failed[/] {r['trial']} (after retries): {r['error'][:200]}", highlight=False)
+            console.print(f"[red]failed[/] {r['trial']} after {sweep.tune.max_failures} retries: {r['error'][:160]} "
+                          f"(full error: {sweep.folder / r['trial'] / 'error.txt'})", highlight=False)
 
 
 def write_outputs(grid, trials: dict[str, Any], sweep: Sweep, console: Console) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
