@@ -60,11 +60,11 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     spec = _absolute_paths(spec)
     check(spec)
     run_dir = spec.run_dir
-    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     local = spec.scaling.num_workers == 0
     _quiet_ray(verbose)
     if not local:
         ensure_ray(verbose)
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     trainer, events = _trainer(spec, local)
     where = "this process (Ray Train local mode)" if local else f"{spec.scaling.num_workers} Ray workers"
     console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {spec.data.name}, {spec.training.epochs} epochs, {where} → {run_dir}")
@@ -107,8 +107,12 @@ def ensure_ray(verbose: bool = False) -> None:
     _quiet_ray(verbose)
     if ray.is_initialized():
         return
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise SpecError(f"RAY_ADDRESS={address} is a Ray Jobs (dashboard) address: send the job with "
+                        f"`dl-ray submit`, or set RAY_ADDRESS to the cluster's GCS address (host:6379)")
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_"))}
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=verbose,
+    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING,
              runtime_env={"env_vars": forwarded} if forwarded else None)
 
