@@ -81,6 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.load_until(state["epoch"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg_t.precision == "bf16" else nullcontext()
     status = "early_stopped" if state["stopped"] else "completed"
+    first_step_at = None  # wall clock of this session's first optimiser step (benchmarks/train_overhead.py)
 
     for epoch in range(state["epoch"], 0 if state["stopped"] else cfg_t.epochs):
         _maybe_fail(epoch + 1, rank, run_dir)
@@ -104,13 +105,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if cfg_t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg_t.grad_clip)
             optimizer.step()
+            first_step_at = first_step_at or time.time()
             _accumulate(sums, model.metrics(out.detach().float(), batch))
             progress.batch(epoch + 1, cfg_t.epochs, step, len(train_loader))
         metrics = {"epoch": epoch + 1, **_summarise("train", sums, world)}
+        train_s = time.perf_counter() - started
         metrics |= evaluate(model, data.val, "val", rank, world, device)
         scheduler.step()
         elapsed = time.perf_counter() - started
-        metrics |= {"lr": lr, "time/epoch_s": elapsed, "perf/samples_per_s": len(data.train) / elapsed}
+        metrics |= {"lr": lr, "time/epoch_s": elapsed, "perf/train_samples_per_s": len(data.train) / train_s}
 
         if not (math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])):
             status = "nonfinite_loss"
@@ -150,6 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     # ---- final report: test metrics, and train vs validation error (bias / variance)
     summary: dict[str, Any] = {"status": status, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                               "first_step_at": first_step_at,
                                "best_metric": state["best"], "task": data.task}
     if status != "nonfinite_loss":
         if state["best_epoch"] and state["best_epoch"] in checkpoints.saved(run_dir):
