@@ -102,3 +102,8 @@ class WandbRun:
             if summary:
                 self.run.summary.update(summary)
             self.run.finish()
+            import wandb
+
+            # Shut this process's wandb-core down: it also clears WANDB_SERVICE, which processes started
+            # later from here (Ray workers, Tune trials) would otherwise inherit and try to join.
+            wandb.teardown()

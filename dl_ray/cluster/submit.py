@@ -106,7 +106,7 @@ def send(sub: Submission, address: str, say: Callable[[str], None]) -> str:
     storage.check_nodes(sub.storage, sub.command, sub.raw, alive_nodes(address), address)
 
     command = entrypoint(sub, files.job_entry)
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV) and k != "WANDB_SERVICE"}
     submission_id = f"{sub.command}-{sub.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}".lower()
     with tempfile.TemporaryDirectory(prefix="dl_ray-submit-") as tmp:
         zip_path = files.write_zip(Path(tmp) / "project.zip")

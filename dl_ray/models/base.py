@@ -52,8 +52,13 @@ class TaskModel(nn.Module):
     Outputs are raw scores: shape ``(N,)`` for regression/binary, ``(N, C)`` logits for multiclass.
     """
 
+    tasks: tuple[str, ...] = ("regression", "binary", "multiclass")
+    """The data tasks this family can learn; building it for another is a clear error."""
+
     def __init__(self, io: ModelIO):
         super().__init__()
+        if io.task not in self.tasks:
+            raise ValueError(f"{type(self).__name__} learns {' / '.join(self.tasks)} tasks; this data is {io.task!r}")
         self.task = io.task
 
     def inputs(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

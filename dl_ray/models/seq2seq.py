@@ -56,10 +56,10 @@ class AttentionConfig(ModelConfig):
 class Seq2SeqModel(TaskModel):
     """What both families share: teacher-forced training, per-token loss, decoded evaluation."""
 
+    tasks = ("seq2seq",)  # e.g. data.name=dates
+
     def __init__(self, io: ModelIO):
         super().__init__(io)
-        if io.task != "seq2seq":
-            raise ValueError(f"a seq2seq model needs a seq2seq dataset (e.g. data.name=dates), got task {io.task!r}")
         self.max_len = int(io.meta["max_target_len"])
         self.vocab: list[str] = list(io.meta["target_vocab"])
         banned = torch.zeros(io.num_outputs, dtype=torch.bool)

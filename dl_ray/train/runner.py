@@ -111,7 +111,7 @@ def ensure_ray(verbose: bool = False) -> None:
     if address and address.startswith(("http://", "https://")):
         raise SpecError(f"RAY_ADDRESS={address} is a Ray Jobs (dashboard) address: send the job with "
                         f"`dl-ray submit`, or set RAY_ADDRESS to the cluster's GCS address (host:6379)")
-    forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_"))}
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_")) and k != "WANDB_SERVICE"}
     ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING,
              runtime_env={"env_vars": forwarded} if forwarded else None)
