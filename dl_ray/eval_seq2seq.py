@@ -6,6 +6,9 @@ for every wrong output y_hat, compare the model's P(y*|x) with P(y_hat|x) (lengt
 the objective beam search ranks by). P(y*|x) > P(y_hat|x): the search missed a sequence the model
 prefers, so the beam is at fault (raise B). Otherwise the model itself prefers the wrong answer
 (raising B cannot help; fix the model). It also draws attention heat maps for a few test dates.
+
+It also registers the ``decode`` evaluator: decode-only Tune trials that score one checkpoint with
+a sampled beam width and alpha, without retraining (``jobs/sweeps/dates_attention_beam.yaml``).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +32,7 @@ from dl_ray.models import build_model
 from dl_ray.spec import JobSpec, SpecError, load_spec, parse_spec
 from dl_ray.train import checkpoints
 from dl_ray.tracking import read_summary
+from dl_ray.tune.evaluators import EvalRequest, register_evaluator  # Ray-free
 
 LENGTH_BUCKETS = (10, 15, 20, 25, 30)
 
@@ -241,3 +246,28 @@ def compare_lengths(reports: list[dict[str, Any]], console: Console) -> None:
         cells = [next((f"{100 * acc:.2f}% ({n})" for lab, n, acc in c if lab == label), "-") for c in columns]
         table.add_row(label, *cells)
     console.print(table)
+
+
+# ---- decode-only Tune trials: `tune.trial: evaluate` with `evaluator: dl_ray.eval_seq2seq:decode`
+
+
+class DecodeSettings(BaseModel):
+    """What a decode trial may be given under ``settings.*`` in a sweep's space."""
+
+    model_config = ConfigDict(extra="forbid")
+    beam_width: int = Field(1, ge=1, le=64)
+    """Beam width B; 1 = greedy search."""
+    length_alpha: float = Field(0.7, ge=0, le=2)
+    """Rank hypotheses by sum log P / T^alpha."""
+
+
+@register_evaluator("decode", DecodeSettings)
+def decode_trial(request: EvalRequest) -> dict[str, float]:
+    """Greedy or beam search over a split of one checkpoint: exact match, char accuracy, BLEU, error analysis."""
+    model, data = request.load()
+    x, y = (t.to(request.device) for t in getattr(data, request.split).tensors)
+    s = request.settings
+    decoded, rate = decode_all(model, x, s.beam_width, s.length_alpha)
+    analysis = error_analysis(model, x, y, decoded, s.length_alpha)
+    metrics = scores(model, decoded, y) | {k: analysis[k] for k in ("errors", "beam_faults", "model_faults")}
+    return {f"{request.split}/{k}": float(v) for k, v in (metrics | {"sentences_per_s": rate}).items()}

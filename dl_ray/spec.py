@@ -174,7 +174,22 @@ class ClusterSpec(Section):
     RAY_ADDRESS is given, e.g. http://127.0.0.1:8265 (a tunnel: `ray dashboard`, `kubectl port-forward`)."""
 
 
-class JobSpec(Section):
+class RunFolder:
+    """What every job kind (train, sweep, RL) shares: its ``name`` and ``storage`` fields make a run folder."""
+
+    @property
+    def run_name(self) -> str:
+        return self.storage.name or self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return (Path(self.storage.path) / self.run_name).absolute()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class JobSpec(RunFolder, Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.')."""
     description: str = ""
@@ -189,38 +204,34 @@ class JobSpec(Section):
     storage: StorageSpec = StorageSpec()
     cluster: ClusterSpec = ClusterSpec()
 
-    @property
-    def run_name(self) -> str:
-        return self.storage.name or self.name
-
-    @property
-    def run_dir(self) -> Path:
-        return (Path(self.storage.path) / self.run_name).absolute()
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+def read_mapping(path: str | Path, what: str = "job file") -> dict[str, Any]:
+    """A YAML file that must hold a mapping of sections; every problem is one SpecError line."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"job file: no such file: {path}")
+        raise SpecError(f"{what}: no such file: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise SpecError(f"job file {path}: not valid YAML{where}: {problem}") from None
+        raise SpecError(f"{what} {path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
-        raise SpecError(f"job file {path}: not a text file") from None
-    if raw is None:
-        raw = {}
+        raise SpecError(f"{what} {path}: not a text file") from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise SpecError(f"job file {path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise SpecError(f"{what} {path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    path = Path(path)
+    raw = read_mapping(path)
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)
@@ -241,15 +252,43 @@ def apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
-    node = raw
+    set_path(raw, key.strip(), value, label=f"--set {key.strip()}")
+
+
+def set_path(raw: dict, path: str, value: Any, label: str | None = None) -> None:
+    """``raw[a][b][c] = value`` for ``path`` 'a.b.c', creating sections on the way."""
+    parts, node = path.split("."), raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            raise SpecError(f"{label or path}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def refuse_other_spec(run_dir: Path, spec: dict[str, Any], resumable: tuple[str, ...]) -> None:
+    """A run folder holding a run with another spec is refused: rerunning resumes, it never overwrites."""
+    saved = run_dir / "spec.yaml"
+    if not saved.is_file():
+        return
+    before, now = flatten(yaml.safe_load(saved.read_text()) or {}), flatten(spec)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and not k.startswith(resumable))
+    if changed:
+        raise SpecError(f"storage.name: {run_dir} holds a run with a different spec ({', '.join(changed[:4])}); "
+                        f"rerun it unchanged to resume, or pick a new --set storage.name=...")
 
 
 def parse_spec(raw: dict) -> JobSpec:

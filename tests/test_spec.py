@@ -1,7 +1,6 @@
 """Job spec validation: good files load, every malformed spec or override exits 2 with one clear line."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -164,11 +163,14 @@ def test_list_shows_models_datasets_and_their_fields(capsys):
 
 def test_bad_data_and_unwritable_storage_exit_2(tmp_path, capsys):
     bad_csv = tmp_path / "bad.csv"
-    bad_csv.write_text("\n".join(",".join(["nan"] * 785) for _ in range(20)))
+    bad_csv.write_text("\n".join(",".join(["nan"] * 784 + ["3"]) for _ in range(20)))
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**BASE, "model": {"name": "lenet5"}, "data": {"name": "mnist5k", "path": str(bad_csv)}}))
     assert main(["train", str(job)]) == 2
     assert "missing or infinite feature values" in capsys.readouterr().err
+    bad_csv.write_text("\n".join(",".join(["0"] * 784 + ["12"]) for _ in range(20)))
+    assert main(["train", str(job)]) == 2
+    assert "the last column must hold digit labels 0-9" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     job.write_text(yaml.safe_dump({**BASE, "storage": {"path": str(blocker)}}))

@@ -22,7 +22,7 @@ import yaml
 from dl_ray.cluster import package, storage
 from dl_ray.cluster.client import connect, explained
 from dl_ray.cluster.local import alive_nodes
-from dl_ray.spec import SpecError, StorageSpec, apply_override
+from dl_ray.spec import SpecError, StorageSpec, apply_override, read_mapping
 
 # A job file's kind shows in a section only that kind has; anything else is a training job.
 COMMAND_MARKERS = {"tune": ("tune",), "dqn": ("algorithm", "env", "actors", "replay", "q_learning")}
@@ -67,14 +67,7 @@ class Submission:
 
 def prepare(job_file: str, command: str | None, overrides: list[str], known_commands: list[str]) -> Submission:
     path = Path(job_file)
-    if not path.is_file():
-        raise SpecError(f"job file: no such file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SpecError(f"job file {path}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"job file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = read_mapping(path)
     base = path.parent / str(raw.get("base", ""))
     if raw.get("base") and base.is_file():  # a sweep over another job file: that file's sections count too
         raw = _merged(yaml.safe_load(base.read_text()) or {}, raw)

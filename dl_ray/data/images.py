@@ -34,8 +34,11 @@ def mnist5k(cfg: Mnist5kConfig) -> DataBundle:
     raw = pd.read_csv(path, header=None, dtype=np.float32).to_numpy()
     if raw.ndim != 2 or raw.shape[1] != 785:
         raise ValueError(f"data.path: expected 785 columns (784 pixels + label), got shape {raw.shape}")
+    labels = raw[:, -1]
+    if not np.isin(labels, np.arange(10)).all():
+        raise ValueError(f"data.path: the last column must hold digit labels 0-9 ({path})")
     x = raw[:, :-1].reshape(-1, 1, 28, 28) / 255.0
-    return split(x, raw[:, -1].astype(np.int64), cfg, "multiclass", standardize=True)
+    return split(x, labels.astype(np.int64), cfg, "multiclass", standardize=True)
 
 
 class DigitsConfig(DataConfig):

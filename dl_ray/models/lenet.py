@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from dl_ray.models.base import Activation, ModelConfig, ModelIO, TaskModel, activation

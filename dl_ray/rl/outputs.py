@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import yaml
 
-from dl_ray.rl.spec import RLJobSpec, SpecError
+from dl_ray.rl.spec import RLJobSpec
+from dl_ray.spec import refuse_other_spec
 from dl_ray.tracking import History, WandbRun, write_summary
 
 # Fields that may change when a run is started again (it resumes); anything else needs a new storage.name.
@@ -30,14 +31,7 @@ class RunFolder:
 
     def check(self) -> None:
         """A folder holding a run with another spec is refused (nothing is overwritten)."""
-        saved = self.dir / "spec.yaml"
-        if not saved.is_file():
-            return
-        before, now = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(self.spec.to_dict())
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and not k.startswith(RESUMABLE))
-        if changed:
-            raise SpecError(f"storage.name: {self.dir} holds a run with a different spec ({', '.join(changed[:4])}); "
-                            f"rerun it unchanged to resume, or pick a new --set storage.name=...")
+        refuse_other_spec(self.dir, self.spec.to_dict(), RESUMABLE)
 
     def open(self) -> dict[str, Any] | None:
         """Create the folder, start tracking; returns the last checkpoint (or None for a fresh run)."""
@@ -114,13 +108,3 @@ def _read_rows(path: Path, until: int) -> list[dict[str, Any]]:
 
     rows = pd.read_csv(path).to_dict("records")
     return [{k: v for k, v in r.items() if v == v} for r in rows if r["env_steps"] <= until]  # v == v drops NaN
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

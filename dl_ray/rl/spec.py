@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
 from dl_ray.models import ModelConfig
 from dl_ray.registry import MODELS
-from dl_ray.spec import OptimizerSpec, Section, SpecError, StorageSpec, TrackingSpec, _describe, _parse_named, apply_override
+from dl_ray.spec import (OptimizerSpec, RunFolder, Section, SpecError, StorageSpec, TrackingSpec, _describe, _parse_named,
+                          apply_override, read_mapping)
 
 
 class EnvSpec(Section):
@@ -153,7 +153,7 @@ class CheckpointSpec(Section):
     """Save learner, optimiser, counters (and replay if replay.save_in_checkpoint) every so many env steps."""
 
 
-class RLJobSpec(Section):
+class RLJobSpec(RunFolder, Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.')."""
     description: str = ""
@@ -183,28 +183,10 @@ class RLJobSpec(Section):
             raise ValueError(f"replay.capacity must hold >= 1000 frames per shard (got {self.replay.capacity})")
         return self
 
-    @property
-    def run_name(self) -> str:
-        return self.storage.name or self.name
-
-    @property
-    def run_dir(self) -> Path:
-        return (Path(self.storage.path) / self.run_name).absolute()
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
 
 def load_rl_spec(path: str | Path, overrides: list[str] = ()) -> RLJobSpec:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"job file: no such file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SpecError(f"job file {path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"job file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = read_mapping(path)
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)

@@ -14,7 +14,7 @@ from rich.console import Console
 from dl_ray.data import build_data
 from dl_ray.models import build_model
 from dl_ray.report import plot_curves, print_report
-from dl_ray.spec import JobSpec, SpecError, parse_spec
+from dl_ray.spec import JobSpec, SpecError, parse_spec, refuse_other_spec
 from dl_ray.tracking import read_summary
 from dl_ray.train import checkpoints
 
@@ -45,15 +45,7 @@ def check(spec: JobSpec) -> None:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SpecError(f"storage.path: cannot create the run folder {spec.run_dir}: {e.strerror}") from None
-    saved = spec.run_dir / "spec.yaml"
-    if saved.is_file():
-        before = _flatten(yaml.safe_load(saved.read_text()))
-        now = _flatten(spec.to_dict())
-        changed = sorted(k for k in before.keys() | now.keys()
-                         if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES))
-        if changed:
-            raise SpecError(f"storage.name: {spec.run_dir} holds a run with a different spec ({', '.join(changed[:4])}); "
-                            f"rerun it unchanged to resume, or pick a new --set storage.name=...")
+    refuse_other_spec(spec.run_dir, spec.to_dict(), RESUMABLE_CHANGES)
 
 
 def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any]:
@@ -157,16 +149,6 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
     if raw["data"].get("path"):
         raw["data"]["path"] = str(Path(raw["data"]["path"]).absolute())
     return parse_spec(raw)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _quiet_ray(verbose: bool) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dl_ray.spec import JobSpec, SpecError, _describe, apply_override, parse_spec
+from dl_ray.spec import JobSpec, SpecError, _describe, apply_override, parse_spec, read_mapping, set_path
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SWEEPABLE = ("model", "data", "optimizer", "schedule", "regularization", "training")
@@ -195,14 +195,7 @@ class Sweep:
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"sweep file: no such file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SpecError(f"sweep file {path}: not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"sweep file {path}: expected a mapping with a tune: section, got {type(raw).__name__}")
+    raw = read_mapping(path, "sweep file")
     raw.setdefault("name", path.stem)
     for item in overrides:
         key, _, value = item.partition("=")
@@ -280,19 +273,6 @@ def _check_settings(model: type[BaseModel], values: dict[str, Any]) -> None:
         model.model_validate(values)
     except ValidationError as e:
         raise SpecError(_describe(e, model, "tune.space.settings.")) from None
-
-
-def set_path(raw: dict, path: str, value: Any) -> None:
-    parts = path.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"{'.'.join(parts[: i + 1])} is a value, not a section (in {path})")
-        node = child
-    node[parts[-1]] = value
 
 
 def _load_base(sweep_file: Path, base: Any) -> dict[str, Any]:
