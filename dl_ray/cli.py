@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from dl_ray.spec import SpecError, load_spec
+    from dl_ray.spec import RunError, SpecError
 
     try:
         if args.command == "list":
@@ -72,20 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             from dl_ray.tune.sweep import command
 
             return command(args.sweep, args.overrides, console, resume=args.resume, dry_run=args.dry_run, verbose=args.verbose)
-        spec = load_spec(args.job, args.overrides)
-        if args.dry_run:
-            import yaml
-
-            console.print(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-            return 0
-        from dl_ray.train.runner import RunError, run
-
-        try:
-            run(spec, console, verbose=args.verbose)
-        except RunError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
+        return _train(args, console)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except SpecError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
@@ -94,25 +84,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _train(args: argparse.Namespace, console: Console) -> int:
+    from dl_ray.spec import load_spec
+
+    spec = load_spec(args.job, args.overrides)
+    if args.dry_run:
+        return _print_spec(spec, console)
+    from dl_ray.train.runner import run
+
+    run(spec, console, verbose=args.verbose)
+    return 0
+
+
 def _dqn(args: argparse.Namespace, console: Console) -> int:
+    from dl_ray.rl.driver import check, run
     from dl_ray.rl.spec import load_rl_spec
 
     spec = load_rl_spec(args.job, args.overrides)
-    from dl_ray.rl.driver import check, run
-
     if args.dry_run:
-        import yaml
-
         check(spec)
-        console.print(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        return 0
-    from dl_ray.train.runner import RunError
+        return _print_spec(spec, console)
+    run(spec, console, verbose=args.verbose)
+    return 0
 
-    try:
-        run(spec, console, verbose=args.verbose)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+def _print_spec(spec, console: Console) -> int:
+    import yaml
+
+    print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")  # plain: rich would wrap long lines
     return 0
 
 

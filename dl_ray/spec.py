@@ -22,6 +22,10 @@ class SpecError(ValueError):
     """A bad job file or override. The CLI prints it on one line and exits with code 2."""
 
 
+class RunError(RuntimeError):
+    """A run that started but could not finish. The CLI prints it on one line and exits with code 1."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 

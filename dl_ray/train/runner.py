@@ -14,17 +14,13 @@ from rich.console import Console
 from dl_ray.data import build_data
 from dl_ray.models import build_model
 from dl_ray.report import plot_curves, print_report
-from dl_ray.spec import JobSpec, SpecError, parse_spec, refuse_other_spec
+from dl_ray.spec import JobSpec, RunError, SpecError, parse_spec, refuse_other_spec
 from dl_ray.tracking import read_summary
 from dl_ray.train import checkpoints
 
 # Fields that may change when the same run is started again (it resumes); anything else is a new run.
 RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path",
                      "storage.shared", "cluster")
-
-
-class RunError(RuntimeError):
-    """A run that started but could not finish; the CLI prints one line and exits with code 1."""
 
 
 def check(spec: JobSpec) -> None:
