@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from tests.conftest import cli, write_job
 
@@ -67,3 +68,26 @@ def test_eval_refuses_bad_input(trained, tmp_path):
     assert code == 2 and "--beam" in err
     code, _, err = cli("eval", str(tmp_path))
     assert code == 2 and "no spec.yaml" in err
+
+
+def test_decode_only_sweep_scores_the_checkpoint_without_retraining(trained, tmp_path):
+    """`dl-ray tune` with decode trials (jobs/sweeps/dates_attention_beam.yaml's kind) on the trained run."""
+    _, run_dir, _ = trained
+    sweep = tmp_path / "beam.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "beam", "tracking": {"wandb": "disabled"}, "storage": {"path": str(tmp_path / "runs")},
+        "tune": {"trial": "evaluate", "checkpoint": str(run_dir), "evaluator": "dl_ray.eval_seq2seq:decode",
+                 "split": "test", "metric": "test/exact_match", "search": "grid", "num_samples": 1,
+                 "space": {"settings.beam_width": {"grid": [1, 3]}, "settings.length_alpha": {"grid": [0.7]}}}}))
+    code, _, err = cli("tune", str(sweep))
+    assert code == 0, err
+    with (tmp_path / "runs" / "beam" / "results.csv").open() as f:
+        by_width = {int(r["settings.beam_width"]): float(r["test/exact_match"]) for r in csv.DictReader(f)}
+    if not (run_dir / "eval.json").is_file():  # the eval test above writes it (same checkpoint)
+        assert cli("eval", str(run_dir), "--beam", "3")[0] == 0
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert by_width[1] == pytest.approx(report["decoders"]["greedy"]["exact_match"], abs=1e-9)
+    assert by_width[3] == pytest.approx(report["decoders"]["beam 3 (alpha 0.7)"]["exact_match"], abs=1e-9)
+    assert not list((tmp_path / "runs" / "beam").glob("**/metrics.csv"))  # nothing was trained
+    code, _, err = cli("tune", str(sweep), "--set", "tune.space.settings.beam_width={grid: [0, 3]}", "--dry-run")
+    assert code == 2 and "beam_width" in err
