@@ -104,4 +104,4 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path):
 def test_seq2seq_model_on_a_classification_dataset_is_refused(tmp_path):
     job = write_job(tmp_path, "wrong", model={"name": "seq2seq"}, data={"name": "digits"})
     code, _, err = cli("train", str(job))
-    assert code == 2 and "seq2seq dataset" in err
+    assert code == 2 and "learns seq2seq tasks" in err and "multiclass" in err
