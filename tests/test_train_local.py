@@ -85,9 +85,22 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     rows = metric_rows(folder)
     assert s["status"] == "early_stopped" and s["epochs_run"] < 60 and len(rows) == s["epochs_run"]
     val = [float(r["val/loss"]) for r in rows]
-    assert s["best_epoch"] == 1 + val.index(min(val)) == s["epochs_run"] - 3
+    assert s["best_epoch"] == len(val) - val[::-1].index(min(val))  # the (last) epoch with the lowest val/loss
+    assert s["epochs_run"] - s["best_epoch"] <= 3
     assert s["best_epoch"] in checkpoints.saved(folder)
     assert s["final"]["val/loss"] == pytest.approx(min(val), rel=1e-5)  # final report uses the best weights
+
+
+def test_early_stopping_on_accuracy_ties_keeps_the_checkpoint_it_reports(tmp_path):
+    """Validation accuracy ties often: the best epoch named must be one whose checkpoint was kept."""
+    job = write_job(tmp_path, "ties", model={"name": "mlp", "hidden": [32]}, data={"name": "breast_cancer"},
+                    optimizer={"lr": 0.01}, training={"epochs": 30, "batch_size": 16, "keep_checkpoints": 1},
+                    regularization={"early_stopping": {"patience": 4, "metric": "val/accuracy"}})
+    assert main(["train", str(job)]) == 0
+    s, rows = summary(run_dir(job)), metric_rows(run_dir(job))
+    acc = [float(r["val/accuracy"]) for r in rows]
+    assert s["best_epoch"] in checkpoints.saved(run_dir(job)) and acc[s["best_epoch"] - 1] == max(acc)
+    assert s["final"]["val/accuracy"] == pytest.approx(max(acc))
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):

@@ -56,7 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model = build_model(spec.model, data.io, spec.regularization.dropout)
     optimizer = make_optimizer(model, spec.optimizer, spec.regularization.l2)
     scheduler = make_scheduler(optimizer, spec.schedule, cfg_t.epochs, spec.optimizer.lr)
-    state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False}
+    state = {"epoch": 0, "best": None, "best_epoch": None, "ref": None, "bad_epochs": 0, "stopped": False}
 
     resume = ray_api.get_checkpoint()  # [Ray]
     if resume is not None:
@@ -120,17 +120,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             ray_api.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
             break
 
-        # ---- early stopping on a validation metric
-        value, improved = metrics.get(es.metric), False
+        # ---- early stopping on a validation metric; the best epoch is the one whose checkpoint is kept
+        value, new_best = metrics.get(es.metric), False
         if es.patience and value is not None:
-            best = state["best"]
-            improved = best is None or (value < best - es.min_delta if es.mode == "min" else value > best + es.min_delta)
-            state |= {"best": value, "best_epoch": epoch + 1, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}
+            sign = 1 if es.mode == "min" else -1
+            new_best = state["best"] is None or sign * value <= sign * state["best"]  # a tie goes to the later epoch, as in Ray
+            improved = state["ref"] is None or sign * value < sign * state["ref"] - es.min_delta
+            state |= {"best": value, "best_epoch": epoch + 1} if new_best else {}
+            state |= {"ref": value, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}
             state["stopped"] = state["bad_epochs"] >= es.patience
         state["epoch"] = epoch + 1
 
         # ---- checkpoint (rank 0 writes; every rank reports) and our own history
-        due = state["epoch"] % cfg_t.checkpoint_every == 0 or state["epoch"] == cfg_t.epochs or improved or state["stopped"]
+        due = state["epoch"] % cfg_t.checkpoint_every == 0 or state["epoch"] == cfg_t.epochs or new_best or state["stopped"]
         if rank == 0:
             history.append(metrics)
             tracker.log(metrics, step=epoch + 1)
