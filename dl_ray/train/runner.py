@@ -61,23 +61,20 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
 
     from dl_ray.train.progress import follow
 
-    outcome: dict[str, Any] = {}
+    # fit() runs in the main thread: in local mode that is where training happens, and torch's CPU
+    # kernels run ~1.5x slower from a secondary thread here (benchmarks/train_overhead.py).
     done = threading.Event()
-
-    def fit():
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as e:  # re-raised below in the main thread
-            outcome["error"] = e
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=fit, name="dl-ray-fit", daemon=True)
-    worker.start()
-    follow(events, done, console)
-    worker.join()
-    if "error" in outcome:
-        raise RunError(_explain(outcome["error"], run_dir)) from outcome["error"]
+    drawer = threading.Thread(target=follow, args=(events, done, console), name="dl-ray-progress", daemon=True)
+    drawer.start()
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        raise RunError(_explain(e, run_dir)) from e
+    finally:
+        done.set()
+        drawer.join(timeout=5)
 
     summary = read_summary(run_dir) or {}
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
