@@ -14,26 +14,23 @@ from dl_ray.spec import OptimizerSpec, ScheduleSpec
 from dl_ray.train.optim import make_optimizer, make_scheduler
 
 
-def lrs(sched: ScheduleSpec, epochs: int = 12, lr: float = 0.1) -> list[float]:
+def trace(make, epochs: int = 12, lr: float = 0.1) -> list[float]:
+    """The learning rate of each epoch under the scheduler ``make(optimizer)`` builds."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
-    s = make_scheduler(opt, sched, epochs, lr)
-    out = []
+    scheduler, out = make(opt), []
     for _ in range(epochs):
         out.append(opt.param_groups[0]["lr"])
         opt.step()
-        s.step()
+        scheduler.step()
     return out
+
+
+def lrs(sched: ScheduleSpec, epochs: int = 12, lr: float = 0.1) -> list[float]:
+    return trace(lambda opt: make_scheduler(opt, sched, epochs, lr), epochs, lr)
 
 
 def reference(cls, epochs: int = 12, lr: float = 0.1, **kw) -> list[float]:
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
-    s = cls(opt, **kw)
-    out = []
-    for _ in range(epochs):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        s.step()
-    return out
+    return trace(lambda opt: cls(opt, **kw), epochs, lr)
 
 
 def test_step_and_exponential_decay_match_torch():
