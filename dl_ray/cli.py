@@ -15,31 +15,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dl-ray", description="Train every model of the course on Ray, locally or on a cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a job file (resumes when its run folder exists)")
-    train.add_argument("job", help="job YAML, e.g. jobs/mnist_lenet.yaml")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                       help="override a field, e.g. --set training.epochs=3 (repeatable)")
-    train.add_argument("--dry-run", action="store_true", help="validate and print the resolved spec, start nothing")
-    train.add_argument("--verbose", action="store_true", help="show Ray's own logs")
-
+    _job_command(sub, "train", "job", "train a job file (resumes when its run folder exists)",
+                 "job YAML, e.g. jobs/mnist_lenet.yaml", "training.epochs=3")
     sub.add_parser("list", help="registered models and datasets with their config fields")
-
-    # --- dl-ray dqn (dl_ray/rl): DQN on Ray actors, tabular Q-learning ---
-    dqn = sub.add_parser("dqn", help="reinforcement learning: DQN on Ray actors or tabular Q-learning (resumes)")
-    dqn.add_argument("job", help="RL job YAML, e.g. jobs/rl/dqn_pong.yaml")
-    dqn.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                     help="override a field, e.g. --set dqn.total_env_steps=100000 (repeatable)")
-    dqn.add_argument("--dry-run", action="store_true", help="validate and print the resolved spec, start nothing")
-    dqn.add_argument("--verbose", action="store_true", help="show Ray's own logs")
-
-    # --- dl-ray tune (dl_ray/tune): hyperparameter sweeps on Ray Tune ---
-    tune = sub.add_parser("tune", help="sweep a job's fields with Ray Tune (the same command again resumes)")
-    tune.add_argument("sweep", help="sweep YAML (a job + a tune: section), e.g. jobs/sweeps/mnist_lr_decay_dropout.yaml")
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                      help="override a field, e.g. --set tune.num_samples=4 or --set training.epochs=3 (repeatable)")
+    # dl-ray dqn (dl_ray/rl): DQN on Ray actors, tabular Q-learning
+    _job_command(sub, "dqn", "job", "reinforcement learning: DQN on Ray actors or tabular Q-learning (resumes)",
+                 "RL job YAML, e.g. jobs/rl/dqn_pong.yaml", "dqn.total_env_steps=100000")
+    # dl-ray tune (dl_ray/tune): hyperparameter sweeps on Ray Tune
+    tune = _job_command(sub, "tune", "sweep", "sweep a job's fields with Ray Tune (the same command again resumes)",
+                        "sweep YAML (a job + a tune: section), e.g. jobs/sweeps/mnist_lr_decay_dropout.yaml",
+                        "tune.num_samples=4")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep (fails if there is none)")
-    tune.add_argument("--dry-run", action="store_true", help="validate and print the base job and search space, start nothing")
-    tune.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
     # --- dl-ray eval (dl_ray/eval_seq2seq.py): decode a seq2seq run, BLEU, error analysis, attention maps ---
     evaluate = sub.add_parser("eval", help="decode a trained seq2seq run's test split: exact match, BLEU, error analysis")
@@ -82,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _job_command(sub, name: str, positional: str, help: str, what: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand that runs one job file: FILE [--set PATH=VALUE ...] [--dry-run] [--verbose]."""
+    cmd = sub.add_parser(name, help=help)
+    cmd.add_argument(positional, help=what)
+    cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                     help=f"override a field, e.g. --set {example} (repeatable)")
+    cmd.add_argument("--dry-run", action="store_true", help="validate and print the resolved spec, start nothing")
+    cmd.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    return cmd
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:

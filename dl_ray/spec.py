@@ -233,13 +233,17 @@ def read_mapping(path: str | Path, what: str = "job file") -> dict[str, Any]:
     return raw
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
-    path = Path(path)
+def read_job(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """A job file as a dict, named after the file unless it says otherwise, with ``--set`` overrides applied."""
     raw = read_mapping(path)
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", Path(path).stem)
     for item in overrides:
         apply_override(raw, item)
-    spec = parse_spec(raw)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    spec = parse_spec(read_job(path, overrides))
     if spec.storage.is_uri:
         raise SpecError(f"storage.path: {spec.storage.path} is a bucket, and a run writes to a folder: send the job with "
                         "`dl-ray submit` (it mirrors the run folder to the bucket) or give a filesystem path")

@@ -13,7 +13,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 from dl_ray.models import ModelConfig
 from dl_ray.registry import MODELS
 from dl_ray.spec import (OptimizerSpec, RunFolder, Section, SpecError, StorageSpec, TrackingSpec, _describe, _parse_named,
-                          apply_override, read_mapping)
+                          read_job)
 
 
 class EnvSpec(Section):
@@ -185,12 +185,7 @@ class RLJobSpec(RunFolder, Section):
 
 
 def load_rl_spec(path: str | Path, overrides: list[str] = ()) -> RLJobSpec:
-    path = Path(path)
-    raw = read_mapping(path)
-    raw.setdefault("name", path.stem)
-    for item in overrides:
-        apply_override(raw, item)
-    return parse_rl_spec(raw)
+    return parse_rl_spec(read_job(path, overrides))
 
 
 def parse_rl_spec(raw: dict) -> RLJobSpec:
