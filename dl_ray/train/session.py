@@ -59,10 +59,12 @@ class TuneSession(TrainSession):
 
     ``resume`` is a checkpoint folder prepared by the trial (e.g. a PBT exploit with a new
     learning rate); without it the trial resumes from Tune's latest checkpoint, if any.
+    ``history`` is the run's ``metrics.csv``: every checkpoint carries a copy of it (the rows
+    up to the checkpoint's epoch), so a PBT trial that takes this checkpoint takes its history too.
     """
 
-    def __init__(self, resume: str | Path | None = None):
-        self.resume = resume
+    def __init__(self, resume: str | Path | None = None, history: Path | None = None):
+        self.resume, self.history = resume, history
 
     def rank_and_world(self) -> tuple[int, int]:
         return 0, 1
@@ -82,8 +84,12 @@ class TuneSession(TrainSession):
         return loader
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None, checkpoint_dir_name: str | None = None) -> None:
+        import shutil
+
         import ray.tune
 
+        if checkpoint and self.history and self.history.is_file():
+            shutil.copy(self.history, Path(checkpoint) / self.history.name)
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
 
 

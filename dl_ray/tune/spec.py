@@ -139,7 +139,8 @@ class TuneSpec(BaseModel):
     seed: int | None = None
     """Seed of the search; default: the job's training.seed."""
     max_concurrent_trials: int | None = Field(None, ge=1)
-    """Trials running at once; default: cluster CPUs (GPUs) / what one trial holds."""
+    """Trials running at once; default: cluster CPUs (GPUs) / what one trial holds; pbt: the whole population
+    (each trial then holds min(cpus_per_worker, cluster CPUs / population); a lower value is refused)."""
     time_budget_s: float | None = Field(None, gt=0)
     """Stop the whole sweep after this many seconds (running trials are stopped)."""
     max_failures: int = Field(1, ge=0)

@@ -4,6 +4,10 @@ A trial holds what it really uses: one CPU worker in its own process ({CPU: cpus
 or, when it drives a TorchTrainer, no CPU at all (its workers hold the CPUs and GPUs; a trial
 holding even 0.01 CPU leaves 1.99 of 2 and a 2-worker trainer would never be scheduled). So the
 default ``max_concurrent_trials`` is derived from the cluster and what one trial's workers hold.
+
+PBT is the exception: a trial can only exploit trials that train at the same time, so the whole
+population runs at once, each trial holding ``min(cpus_per_worker, cluster CPUs / population)``
+(a fraction of a CPU is fine for Ray). Ray's synchronous PBT (``synch=True``) is not used: it hung here.
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ def check(sweep: Sweep) -> JobSpec:
     if tune.scheduler.name == "pbt" and not in_process(job):
         raise SpecError("tune.scheduler: pbt needs trials that train in their own process (scaling.num_workers <= 1, "
                         "use_gpu: false): exploit copies Tune checkpoints; use asha for multi-worker trials")
+    if tune.scheduler.name == "pbt" and (tune.max_concurrent_trials or math.inf) < population(sweep):
+        raise SpecError(f"tune.max_concurrent_trials: {tune.max_concurrent_trials} is below the PBT population of "
+                        f"{population(sweep)}: a trial only exploits trials that train at the same time; leave it unset "
+                        f"(the whole population runs at once, on fractional CPUs) or set it to {population(sweep)}")
     if tune.search == "optuna":
         try:
             import optuna  # noqa: F401
@@ -96,8 +104,13 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     ensure_ray(verbose)
     import ray
 
-    concurrency = sweep.tune.max_concurrent_trials or derived_concurrency(footprint(sweep, job), ray.cluster_resources(), console)
-    trainable = _trainable(sweep, job)
+    if sweep.tune.scheduler.name == "pbt":
+        concurrency, cpus = sweep.tune.max_concurrent_trials or population(sweep), pbt_cpus(sweep, job, ray.cluster_resources())
+        console.print(f"PBT: population of {population(sweep)} runs concurrently, {cpus:g} CPU per trial")
+    else:
+        concurrency, cpus = (sweep.tune.max_concurrent_trials or
+                             derived_concurrency(footprint(sweep, job), ray.cluster_resources(), console)), None
+    trainable = _trainable(sweep, job, cpus)
     where = ("in the trial process" if in_process(job) or sweep.tune.trial == "evaluate"
              else f"{max(job.scaling.num_workers, 1)} Ray workers each")
     console.print(f"[bold]sweep {sweep.name}[/]: {sweep.tune.num_samples} x {sweep.tune.search} over "
@@ -135,6 +148,12 @@ def footprint(sweep: Sweep, job: JobSpec) -> dict[str, float]:
     return needs | ({"GPU": float(workers)} if s.use_gpu else {})
 
 
+def pbt_cpus(sweep: Sweep, job: JobSpec, cluster: dict[str, float]) -> float:
+    """CPUs one PBT trial holds so that the whole population trains at once (4 decimals, as Ray counts)."""
+    share = math.floor(cluster.get("CPU", 0) / population(sweep) * 1e4) / 1e4
+    return min(job.scaling.cpus_per_worker, share) if share > 0 else job.scaling.cpus_per_worker
+
+
 def derived_concurrency(needs: dict[str, float], cluster: dict[str, float], console: Console) -> int:
     """How many trials fit at once: cluster resources / what one trial holds."""
     fits = min(math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in needs.items() if v > 0)
@@ -144,7 +163,7 @@ def derived_concurrency(needs: dict[str, float], cluster: dict[str, float], cons
     return max(fits, 1)
 
 
-def _trainable(sweep: Sweep, job: JobSpec):
+def _trainable(sweep: Sweep, job: JobSpec, cpus: float | None = None):
     from ray import tune
 
     from dl_ray.tune.trial import evaluate_trial, train_trial
@@ -154,7 +173,7 @@ def _trainable(sweep: Sweep, job: JobSpec):
     if sweep.tune.trial == "evaluate":
         plan |= {"checkpoint": str(sweep.checkpoint), "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
         return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), footprint(sweep, job))
-    resources = {"CPU": job.scaling.cpus_per_worker} if plan["in_process"] else TRAINER_DRIVER
+    resources = {"CPU": cpus or job.scaling.cpus_per_worker} if plan["in_process"] else TRAINER_DRIVER
     return tune.with_resources(tune.with_parameters(train_trial, plan=plan), resources)
 
 
@@ -258,7 +277,12 @@ def command(path: str, overrides: list[str], console: Console, resume: bool = Fa
     return 0
 
 
-def _expected_trials(sweep: Sweep) -> int:
+def population(sweep: Sweep) -> int:
+    """Trials the sweep samples: num_samples x the size of the grid."""
     grid = math.prod(len(d.args) for d in sweep.space.values() if d.kind == "grid" or
                      (sweep.tune.search == "grid" and d.kind == "choice"))
-    return 0 if sweep.tune.time_budget_s else sweep.tune.num_samples * grid
+    return sweep.tune.num_samples * grid
+
+
+def _expected_trials(sweep: Sweep) -> int:
+    return 0 if sweep.tune.time_budget_s else population(sweep)

@@ -59,8 +59,9 @@ def train_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
 
         checkpoint = ray.tune.get_checkpoint()
         resume = _exploited(checkpoint, spec, run_dir) if checkpoint is not None else None
+        session = TuneSession(resume, history=run_dir / "metrics.csv")
         try:
-            train_loop_per_worker(loop_config | {"local_mode": True, "session": TuneSession(resume)})
+            train_loop_per_worker(loop_config | {"local_mode": True, "session": session})
         finally:
             _finish_wandb()
     else:
@@ -95,16 +96,35 @@ def _exploited(checkpoint, spec: JobSpec, run_dir: Path) -> Path | None:
 
     Weights, optimizer moments and the epoch come from the donor; the learning rate and its
     decay are this trial's: the LR is set to ``optimizer.lr * decay factor(epoch)`` of this job.
+    The donor's history comes too: this trial's ``metrics.csv`` becomes the donor's rows up to
+    the checkpoint's epoch (a copy the checkpoint carries, see ``TuneSession``), so it keeps one
+    row per epoch, and that last copied row says where it came from in ``pbt/copied_from``.
+    This trial's own checkpoint folders (a lineage it left) are removed. Its W&B run simply
+    goes on from there (W&B history is append-only: steps before the exploit keep the old rows).
     ``None`` when the checkpoint is this trial's own (a plain resume).
     """
+    import shutil
+
+    from dl_ray.tracking import History
     from dl_ray.train import checkpoints
     from dl_ray.train.optim import lr_factor
 
     with checkpoint.as_directory() as folder:
         state = checkpoints.read(folder)
-    if state["spec"] == spec.to_dict():
-        return None
+        if state["spec"] == spec.to_dict():
+            return None
+        donor = state["spec"]["storage"]
+        copied = Path(folder) / "metrics.csv"
+        history = History(copied if copied.is_file() else Path(donor["path"]) / donor["name"] / "metrics.csv")
+        history.load_until(state["state"]["epoch"])
     lr, epoch = spec.optimizer.lr, state["state"]["epoch"]
+    if history.rows and history.rows[-1].get("epoch") == epoch:
+        history.rows[-1]["pbt/copied_from"] = donor["name"]
+    history.path = run_dir / "metrics.csv"
+    history.write()
+    for own in checkpoints.saved(run_dir).values():
+        shutil.rmtree(own, ignore_errors=True)
+
     now = lr * lr_factor(spec.schedule, epoch, spec.training.epochs, lr)
     for group in state["optimizer"]["param_groups"]:
         group["lr"], group["initial_lr"] = now, lr
