@@ -5,7 +5,11 @@
 (b) our DQN vs RLlib 2.60's DQN on the same Pong settings (2 env runners x 4 envs, batch 32, replay ratio 8,
     Nature CNN, double + dueling), env steps/s once learning has started;
 (c) replay bytes per stored transition (84x84 frames, uniform and prioritized);
-(d) learner updates/s (Nature CNN, batch 32, sampling from the replay included).
+(d) learner updates/s (Nature CNN, batch 32, sampling from the replay included; on a GPU eager and with
+    the CUDA-graph update).
+
+Defaults fit the 2-core dev machine; on the 16-core GPU host:
+``python benchmarks/dqn_throughput.py --actors 6 --envs 16 --env-threads 2 --gpus-per-actor 0.1 --skip-rllib``.
 """
 from __future__ import annotations
 
@@ -26,25 +30,26 @@ from dl_ray.rl.replay import FrameReplay  # noqa: E402
 from dl_ray.rl.runner import EnvRunner  # noqa: E402
 from dl_ray.rl.spec import parse_rl_spec  # noqa: E402
 
-ACTORS, ENVS = 2, 4
+ACTORS, ENVS, ENV_THREADS, CPUS_PER_ACTOR, GPUS_PER_ACTOR = 2, 4, 1, 0.5, 0.0
 
 
-def pong_spec(tmp: str, total: int = 6000):
+def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True):
     return parse_rl_spec({
         "name": "bench_pong", "seed": 0, "env": {"id": "ALE/Pong-v5"},
         "model": {"name": "nature_cnn", "double": True, "dueling": True},
         "dqn": {"total_env_steps": total, "batch_size": 32, "replay_ratio": 8, "learning_starts": 1000,
                 "updates_per_call": 16, "log_every_env_steps": 500},
         "replay": {"capacity": 50_000},
-        "actors": {"num_actors": ACTORS, "envs_per_actor": ENVS, "steps_per_call": 32, "cpus_per_actor": 0.5},
-        "learner": {"num_cpus": 1}, "evaluation": {"episodes": 1, "every_env_steps": None},
+        "actors": {"num_actors": ACTORS, "envs_per_actor": ENVS, "steps_per_call": 32, "cpus_per_actor": CPUS_PER_ACTOR,
+                   "env_threads": ENV_THREADS, "gpus_per_actor": GPUS_PER_ACTOR},
+        "learner": {"num_cpus": 1, "cuda_graph": cuda_graph}, "evaluation": {"episodes": 1, "every_env_steps": None},
         "checkpoint": {"every_env_steps": 10**9}, "tracking": {"wandb": "disabled"}, "storage": {"path": tmp},
     })
 
 
 def raw_env_fps(seconds: float) -> float:
     spec = pong_spec("/tmp")
-    env = make_vector_env(spec.env, ACTORS * ENVS, num_threads=ACTORS)
+    env = make_vector_env(spec.env, ACTORS * ENVS, num_threads=ACTORS * ENV_THREADS)
     env.reset(seed=0)
     rng, steps, t0 = np.random.default_rng(0), 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -58,7 +63,8 @@ def fleet_fps(ray, seconds: float) -> float:
     info = describe_env(spec.env)
     learner = Learner(spec, info)
     weights = ray.put(learner.weights())
-    actors = [ray.remote(EnvRunner).options(num_cpus=0.5).remote(spec, info, i, i) for i in range(ACTORS)]
+    actors = [ray.remote(EnvRunner).options(num_cpus=CPUS_PER_ACTOR, num_gpus=GPUS_PER_ACTOR).remote(spec, info, i, i)
+              for i in range(ACTORS)]
     ray.get([a.collect.options(num_returns=2).remote(weights, 4, 0)[0] for a in actors])  # warm up
     steps, t0, pending = 0, time.perf_counter(), {}
     for a in actors:
@@ -81,20 +87,25 @@ def replay_bytes() -> dict[str, float]:
             for p in (False, True)}
 
 
-def learner_updates_per_s(seconds: float) -> float:
+def filled_replay() -> FrameReplay:
     spec = pong_spec("/tmp")
     info = describe_env(spec.env)
     runner = EnvRunner(spec, info, 0, 0)
     replay = FrameReplay(20_000, info.frame_shape, info.obs_dtype, info.stack)
-    learner = Learner(spec, info, threads=torch.get_num_threads())
-    weights = learner.weights()
-    for _ in range(40):
+    weights = Learner(spec, info).weights()
+    while replay.written < 20_000:
         replay.add(runner.collect(weights, 32, 0)[1])
-    learner.train(replay.sample(32 * 4), 4)  # warm up
+    return replay
+
+
+def learner_updates_per_s(replay: FrameReplay, seconds: float, device: str = "cpu", cuda_graph: bool = True) -> float:
+    spec = pong_spec("/tmp", cuda_graph=cuda_graph)
+    learner = Learner(spec, describe_env(spec.env), device, threads=torch.get_num_threads())
+    learner.train(replay.sample(32 * 16), 16)  # warm up (and capture the CUDA graph)
     updates, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        learner.train(replay.sample(32 * 16), 16)
-        updates += 16
+        learner.train(replay.sample(32 * 64), 64)
+        updates += 64
     return updates / (time.perf_counter() - t0)
 
 
@@ -150,24 +161,45 @@ def rllib_sps(total: int) -> float:
 
 
 def main() -> None:
+    global ACTORS, ENVS, ENV_THREADS, CPUS_PER_ACTOR, GPUS_PER_ACTOR  # noqa: PLW0603 (the command line sets them)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15, help="measuring time of (a) and (d)")
     parser.add_argument("--steps", type=int, default=5000, help="env steps of each DQN in (b)")
     parser.add_argument("--skip-rllib", action="store_true")
+    parser.add_argument("--skip-ours", action="store_true", help="skip (b) entirely")
+    parser.add_argument("--actors", type=int, default=ACTORS, help="(a), (b): Ray actors")
+    parser.add_argument("--envs", type=int, default=ENVS, help="(a), (b): envs per actor")
+    parser.add_argument("--env-threads", type=int, default=ENV_THREADS, help="(a), (b): emulator threads per actor")
+    parser.add_argument("--cpus-per-actor", type=float, default=CPUS_PER_ACTOR)
+    parser.add_argument("--gpus-per-actor", type=float, default=GPUS_PER_ACTOR, help="> 0: actors infer on the GPU")
     args = parser.parse_args()
+    ACTORS, ENVS, ENV_THREADS = args.actors, args.envs, args.env_threads
+    CPUS_PER_ACTOR, GPUS_PER_ACTOR = args.cpus_per_actor, args.gpus_per_actor
     import tempfile
 
     import ray
 
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"ray {ray.__version__}, GPU: {torch.cuda.is_available()}")
+          f"ray {ray.__version__}, GPU: {gpu}")
     raw = raw_env_fps(args.seconds)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     fleet = fleet_fps(ray, args.seconds)
-    print(f"(a) fleet {fleet:,.0f} frames/s / raw AtariVectorEnv {raw:,.0f} frames/s = {fleet / raw:.2f} (goal >= 0.70)")
+    print(f"(a) fleet of {ACTORS} actors x {ENVS} envs x {ENV_THREADS} threads, inference on "
+          f"{'GPU' if GPUS_PER_ACTOR else 'CPU'}: {fleet:,.0f} frames/s / raw AtariVectorEnv ({ACTORS * ENVS} envs, "
+          f"{ACTORS * ENV_THREADS} threads) {raw:,.0f} frames/s = {fleet / raw:.2f} (goal >= 0.70)")
     for kind, b in replay_bytes().items():
         print(f"(c) replay {kind}: {b:,.0f} bytes per stored transition = {b / 1024:.2f} KB (goal <= 7.2 KB)")
-    print(f"(d) learner: {learner_updates_per_s(args.seconds):,.1f} updates/s (Nature CNN, batch 32, sampling included)")
+    replay = filled_replay()
+    print(f"(d) learner on CPU: {learner_updates_per_s(replay, args.seconds):,.1f} updates/s (Nature CNN, batch 32, "
+          f"sampling included)")
+    if torch.cuda.is_available():
+        eager = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=False)
+        graphed = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=True)
+        print(f"(d) learner on {torch.cuda.get_device_name()}: eager {eager:,.0f}, CUDA graph {graphed:,.0f} updates/s "
+              f"({graphed / eager:.2f}x; batch 32, sampling included)")
+    if args.skip_ours:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ours, summary = ours_sps(tmp, args.steps)
     print(f"(b) ours: {ours:,.1f} env steps/s after learning starts ({summary['updates']} updates)")

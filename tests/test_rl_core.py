@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dl_ray.rl.learner import Learner
-from dl_ray.rl.replay import FrameReplay, SumTree
+from dl_ray.rl.replay import FrameReplay, SumTree, split_window
 from dl_ray.rl.runner import apex_epsilon, linear_epsilon
 from dl_ray.rl.envs import describe_env
 from dl_ray.rl.spec import parse_rl_spec
@@ -56,7 +56,7 @@ def test_replay_rebuilds_stacks_by_index_and_never_crosses_an_episode_end(priori
         stored += chunk["frames"].shape[0] * chunk["frames"].shape[1] + len(chunk["context"]) * (STACK - 1)
     assert replay.written == stored  # one slot per frame: nothing stored twice
     batch = replay.sample(4096)
-    obs, nxt = batch["obs"], batch["next_obs"]
+    obs, nxt = split_window(batch["window"], STACK)
     assert obs.shape == (4096, STACK, 3)
     stream, episode, t = nxt[:, -1, 0], nxt[:, -1, 1], nxt[:, -1, 2]
     assert (t >= 1).all()  # a transition ends on a real observation after the first one
@@ -108,7 +108,7 @@ def cartpole_spec(**dqn):
 
 
 def random_batch(n, rng):
-    return {"obs": rng.normal(size=(n, 4)).astype(np.float32), "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
+    return {"window": rng.normal(size=(n, 2, 4)).astype(np.float32),  # obs, next_obs (stack 1: see split_window)
             "action": rng.integers(0, 2, n), "reward": rng.normal(size=n).astype(np.float32),
             "done": rng.random(n) < 0.1, "weight": np.ones(n, np.float32), "position": np.arange(n)}
 
@@ -136,6 +136,7 @@ def test_td_loss_matches_the_bellman_target(double):
     for p in learner.target.parameters():
         p.data.normal_()
     b = {k: torch.from_numpy(v) for k, v in random_batch(32, np.random.default_rng(1)).items()}
+    b["obs"], b["next_obs"] = split_window(b.pop("window"), 1)
     loss, _, _ = learner.net.td_loss(b, learner.target, 0.9)
     with torch.no_grad():
         q_next_target = learner.target(b["next_obs"])

@@ -97,3 +97,23 @@ def test_killing_the_driver_and_rerunning_resumes_from_the_checkpoint(ray_cluste
     assert summary["env_steps"] >= 5000
     steps = pd.read_csv(tmp_path / "resume" / "metrics.csv")["env_steps"]
     assert steps.is_monotonic_increasing  # rows after the checkpoint were dropped, then redone
+
+
+@pytest.mark.parametrize("actors, field", [
+    ({"gpus_per_actor": 0.5}, "actors.gpus_per_actor: 2 actors x 0.5 GPU, the Ray cluster has 0 GPUs"),
+    ({"cpus_per_actor": 2}, "actors.cpus_per_actor: 2 actors x 2.0 + learner.num_cpus 1.0 = 5 CPUs, the Ray cluster has 2"),
+])
+def test_resources_the_cluster_lacks_are_refused_before_anything_starts(ray_cluster, tmp_path, actors, field):
+    spec = spec_for(tmp_path, "greedy", env={"id": "CartPole-v1"}, model={"name": "q_mlp"}, actors=actors)
+    with pytest.raises(driver.SpecError, match=field.replace(".", r"\.").replace("+", r"\+")):
+        driver.DQNRun(spec, driver.check(spec), Console(file=open(os.devnull, "w")))
+    assert not (tmp_path / "greedy").exists()
+
+
+def test_max_time_stops_collecting_and_still_evaluates(ray_cluster, tmp_path):
+    spec = cartpole(tmp_path, "timed", total=10**7)
+    spec = parse_rl_spec(spec.to_dict() | {"dqn": spec.dqn.model_dump() | {"max_time_s": 8}})
+    summary = driver.run(spec, Console(file=open(os.devnull, "w")))
+    assert 0 < summary["env_steps"] < 10**7 and summary["eval/episodes"] == 5
+    owed = (summary["env_steps"] - 500) * 4 // 32
+    assert owed - 16 < summary["updates"] <= owed  # the owed updates (whole learner calls) ran before the end

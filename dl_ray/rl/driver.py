@@ -113,10 +113,16 @@ class DQNRun:
             raise SpecError(f"actors.cpus_per_actor: {a.num_actors} actors x {a.cpus_per_actor} + learner.num_cpus "
                             f"{learner.num_cpus} = {want:g} CPUs, the Ray cluster has {resources.get('CPU', 0):g}; "
                             f"lower actors.num_actors, actors.cpus_per_actor or learner.num_cpus")
-        has_gpu = resources.get("GPU", 0) >= 1
-        if learner.device == "cuda" and not has_gpu:
-            raise SpecError("learner.device: cuda, but the Ray cluster has no GPU; allowed: auto, cpu")
-        self.gpus = 1 if learner.device == "cuda" or (learner.device == "auto" and has_gpu) else 0
+        gpus = resources.get("GPU", 0)
+        actor_gpus = a.num_actors * a.gpus_per_actor
+        if actor_gpus > gpus:
+            raise SpecError(f"actors.gpus_per_actor: {a.num_actors} actors x {a.gpus_per_actor:g} GPU, the Ray cluster "
+                            f"has {gpus:g} GPUs; use 0 (inference on CPU) or fewer actors")
+        free = min(1.0, gpus - actor_gpus)  # the learner shares a single GPU with the actors' inference
+        if learner.device == "cuda" and free < 0.5:
+            raise SpecError(f"learner.device: cuda, but the Ray cluster has {gpus:g} GPUs ({actor_gpus:g} for the actors); "
+                            "allowed: auto, cpu")
+        self.gpus = free if learner.device == "cuda" or (learner.device == "auto" and free >= 0.5) else 0
         self.device = "cuda" if self.gpus else "cpu"
 
     # ------------------------------------------------------------------ the loop
@@ -135,7 +141,7 @@ class DQNRun:
         self.t0, self.mark = time.monotonic(), (time.monotonic(), c["env_steps"], self.updates_done)
         with self._progress() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
-            while c["env_steps"] < total:
+            while c["env_steps"] < total and not self._out_of_time():
                 self._submit_updates()
                 self._wait_and_handle()
                 if c["env_steps"] >= next_log:
@@ -156,6 +162,10 @@ class DQNRun:
             self._eval_done(ref)
         self._eval_done(self._evaluate(), final=True)
         return self._finish()
+
+    def _out_of_time(self) -> bool:
+        limit = self.spec.dqn.max_time_s
+        return limit is not None and time.monotonic() - self.t0 >= limit
 
     @staticmethod
     def _next(now: int, every: int) -> int:
@@ -182,7 +192,7 @@ class DQNRun:
     def _start_actor(self, i: int) -> None:
         a = self.spec.actors
         seed = self.spec.seed + 10_000 * i + 1_000_000 * self.counters["actor_restarts"] + self.counters["env_steps"]
-        Actor = self.ray.remote(EnvRunner).options(num_cpus=a.cpus_per_actor, max_restarts=0)  # [Ray]
+        Actor = self.ray.remote(EnvRunner).options(num_cpus=a.cpus_per_actor, num_gpus=a.gpus_per_actor, max_restarts=0)  # [Ray]
         self.actors[i] = Actor.remote(self.spec, self.info, i, seed, 1)
 
     def _collect(self, i: int) -> None:
@@ -254,7 +264,8 @@ class DQNRun:
 
     def _evaluate(self) -> Any:
         e, steps = self.spec.evaluation, self.counters["env_steps"]
-        ref = self.evaluate.remote(self.spec, self.info, self.weights, e.episodes, e.epsilon, self.spec.seed + 7_777 + steps)  # [Ray]
+        ref = self.evaluate.remote(self.spec, self.info, self.weights, e.episodes, e.epsilon, self.spec.seed + 7_777 + steps,  # [Ray]
+                                   self.spec.actors.env_threads)
         self.evaluating[ref] = (steps, self.weights)
         return ref
 

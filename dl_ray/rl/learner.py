@@ -1,7 +1,9 @@
 """The DQN learner: TD updates of the online network, a target network copied every C updates.
 
 Plain Python (the driver makes it a Ray actor, on a GPU when there is one). One call of :meth:`train`
-takes a replay sample of ``n * batch_size`` transitions and runs ``n`` updates on it.
+takes a replay sample of ``n * batch_size`` transitions, moves it to the device in one copy and runs ``n``
+updates on it. On a GPU the update (loss, backward, clipping, optimiser step) is captured once as a CUDA
+graph and replayed: a Nature-CNN update at batch 32 is bound by kernel launches, not by arithmetic.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from dl_ray.rl.envs import EnvInfo
+from dl_ray.rl.replay import split_window
 from dl_ray.rl.runner import Weights, build_qnet
 from dl_ray.rl.spec import RLJobSpec
 from dl_ray.train.optim import make_optimizer
@@ -21,20 +24,23 @@ class Learner:
     def __init__(self, spec: RLJobSpec, info: EnvInfo, device: str = "cpu", threads: int = 1):
         torch.set_num_threads(threads)
         torch.manual_seed(spec.seed)
-        self.spec, self.device = spec, torch.device(device)
+        self.spec, self.stack, self.device = spec, info.stack, torch.device(device)
         self.net = build_qnet(spec, info).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
-        self.optimizer = make_optimizer(self.net, spec.optimizer, l2=0.0)
+        self.graphed = spec.learner.cuda_graph and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.optimizer = make_optimizer(self.net, spec.optimizer, l2=0.0, capturable=self.graphed)
+        self.graph: tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple] | None = None  # at the 1st update
         self.updates = 0
 
     def train(self, sample: dict[str, np.ndarray], num_updates: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """``num_updates`` updates on consecutive slices of ``sample``; metrics, and positions with |td| for priorities."""
         size = len(sample["action"]) // num_updates
+        data = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in sample.items() if k != "position"}
         losses, q_means, td_abs = [], [], []
         for i in range(num_updates):
-            part = {k: torch.from_numpy(v[i * size:(i + 1) * size]).to(self.device, non_blocking=True)
-                    for k, v in sample.items() if k != "position"}
-            loss, td, q_mean = self.update(part)
+            loss, td, q_mean = self.update({k: v[i * size:(i + 1) * size] for k, v in data.items()})
             losses.append(loss)
             q_means.append(q_mean)
             td_abs.append(td)
@@ -43,16 +49,57 @@ class Learner:
         return metrics, sample["position"][: size * num_updates], torch.cat(td_abs).cpu().numpy()
 
     def update(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, td_abs, q_mean = self.net.td_loss(batch, self.target, self.spec.dqn.gamma)
+        """One TD update on a batch of ``window`` (see :func:`split_window`), action, reward, done, weight."""
+        if self.graphed and self.graph is None:
+            self.graph = self._capture(batch)
+        if self.graph is not None and all(self.graph[1][k].shape == v.shape for k, v in batch.items()):
+            graph, static, out = self.graph
+            for k, v in batch.items():
+                static[k].copy_(v)
+            graph.replay()
+            loss, td_abs, q_mean = (t.clone() for t in out)
+        else:
+            loss, td_abs, q_mean = self._step(batch)
+        self.updates += 1
+        if self.updates % self.spec.dqn.target_update_every == 0:
+            self.target.load_state_dict(self.net.state_dict())  # in place: the graph keeps reading it
+        return loss, td_abs, q_mean
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obs, next_obs = split_window(batch["window"], self.stack)
+        loss, td_abs, q_mean = self.net.td_loss(batch | {"obs": obs, "next_obs": next_obs}, self.target, self.spec.dqn.gamma)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.spec.dqn.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.spec.dqn.grad_clip)
         self.optimizer.step()
-        self.updates += 1
-        if self.updates % self.spec.dqn.target_update_every == 0:
-            self.target.load_state_dict(self.net.state_dict())
         return loss.detach(), td_abs, q_mean
+
+    def _capture(self, batch: dict[str, torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple]:
+        """Capture :meth:`_step` as a CUDA graph (PyTorch's whole-network recipe: warm-up steps on a side
+        stream, then capture); the warm-up steps are undone, so the first real update is the first update."""
+        tensors = [*self.net.parameters(), *self.net.buffers()]
+        saved = [t.detach().clone() for t in tensors]
+        saved_state = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in self.optimizer.state.items()}
+        static = {k: v.clone() for k, v in batch.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            out = self._step(static)
+        with torch.no_grad():  # undo the warm-up, in place (the graph holds these tensors)
+            for t, value in zip(tensors, saved):
+                t.copy_(value)
+            for p, st in self.optimizer.state.items():
+                for k, v in st.items():
+                    if torch.is_tensor(v):
+                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+        return graph, static, out
 
     def weights(self) -> Weights:
         return {"version": self.updates, "state": {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}}
@@ -68,6 +115,7 @@ class Learner:
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = state["updates"]
+        self.graph = None  # the optimiser's state tensors are new: capture again
 
 
 def _to_cpu(x: Any) -> Any:

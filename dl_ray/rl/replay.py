@@ -6,9 +6,11 @@ position of the episode's previous frame, or -1 at the start of an episode. An e
 reset stack (``stack - 1`` context frames, then the first observation); every later step adds one slot, so a
 million transitions take a million frames, not eight million.
 
-Sampling picks slots that end a transition and follows ``prev`` ``stack`` times: the chain gives
-``next_obs = frames[chain[1:]]`` and ``obs = frames[chain[:-1]]``. A chain never leaves its episode (the
-pointers are per episode), and it is only used while every slot on it is still in the ring buffer.
+Sampling picks slots that end a transition and follows ``prev`` ``stack`` times: the chain gives a
+``window = frames[chain]`` of ``stack + 1`` frames, ``obs = window[:-1]`` and ``next_obs = window[1:]``
+(:func:`split_window`; a batch ships the window once, not both stacks: 5 frames instead of 8). A chain
+never leaves its episode (the pointers are per episode), and it is only used while every slot on it is
+still in the ring buffer.
 Actors interleave their env streams freely: the pointers make layout irrelevant.
 
 Uniform sampling by default; proportional prioritized replay (Schaul et al. 2016) over a sum tree as an
@@ -24,6 +26,14 @@ Chunk = dict[str, np.ndarray]
 """What an env runner sends: ``streams`` (n,), and per row r and env e: ``frames`` (R, n, *frame),
 ``action``, ``reward``, ``done``, ``start`` (R, n); ``context`` (S, stack - 1, *frame) holds the older
 frames of each start's stack in ``np.nonzero(start)`` order."""
+
+
+def split_window(window, stack: int):
+    """(obs, next_obs) views of a sampled window (numpy or torch): frames ``[:-1]`` and ``[1:]``, and with
+    ``stack == 1`` (vector observations) the single frame of each."""
+    if stack == 1:
+        return window[:, 0], window[:, 1]
+    return window[:, :-1], window[:, 1:]
 
 
 class SumTree:
@@ -132,7 +142,8 @@ class FrameReplay:
         return chain, ok
 
     def sample(self, batch_size: int, beta: float = 0.4) -> dict[str, np.ndarray]:
-        """A batch of obs, action, reward, next_obs, done, weight and ``position`` (for priority updates)."""
+        """A batch of ``window`` (B, stack + 1, *frame; see :func:`split_window`), action, reward, done, weight
+        and ``position`` (for priority updates)."""
         picked: list[np.ndarray] = []
         need = batch_size
         for _ in range(100):
@@ -150,7 +161,7 @@ class FrameReplay:
         slots = chain % self.capacity
         last = slots[:, -1]
         batch = {
-            "obs": self._stack(slots[:, :-1]), "next_obs": self._stack(slots[:, 1:]),
+            "window": self.frames[slots],
             "action": self.action[last].astype(np.int64), "reward": self.reward[last], "done": self.done[last],
             "position": chain[:, -1], "weight": np.ones(batch_size, dtype=np.float32),
         }
@@ -173,10 +184,6 @@ class FrameReplay:
         base = (self.written - 1) // self.capacity * self.capacity
         positions = base + slots
         return np.where(positions >= self.written, positions - self.capacity, positions)
-
-    def _stack(self, slots: np.ndarray) -> np.ndarray:
-        frames = self.frames[slots]  # (B, stack, *frame)
-        return frames[:, 0] if self.stack == 1 else frames
 
     def update_priorities(self, positions: np.ndarray, td_abs: np.ndarray, eps: float = 1e-6) -> None:
         if self.tree is None:

@@ -45,9 +45,10 @@ def load_weights(net: torch.nn.Module, weights: Weights) -> None:
 
 def greedy_actions(net: torch.nn.Module, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
     """argmax_a Q(obs, a), replaced by a uniformly random action with probability epsilon."""
+    device = next(net.parameters()).device
     with torch.inference_mode():
-        q = net(torch.from_numpy(obs))
-    actions = q.argmax(dim=1).numpy()
+        q = net(torch.from_numpy(obs).to(device))
+    actions = q.argmax(dim=1).cpu().numpy()
     explore = rng.random(len(actions)) < epsilon
     actions[explore] = rng.integers(0, q.shape[1], size=int(explore.sum()))
     return actions
@@ -61,7 +62,8 @@ class EnvRunner:
         self.env = make_vector_env(spec.env, n, num_threads=spec.actors.env_threads)
         self.obs, reset_info = self.env.reset(seed=seed)
         self.lives = reset_info.get("lives")
-        self.net = build_qnet(spec, info).eval()
+        device = "cuda" if spec.actors.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        self.net = build_qnet(spec, info).eval().to(device)
         self.version = -1
         self.rng = np.random.default_rng(seed)
         self.streams = index * n + np.arange(n)

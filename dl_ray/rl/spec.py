@@ -72,6 +72,9 @@ class ActorsSpec(Section):
     """CPUs Ray reserves for each actor (0.5 lets 2 actors and the learner share 2 cores)."""
     env_threads: int = Field(1, ge=1)
     """Atari: C++ threads of each actor's AtariVectorEnv."""
+    gpus_per_actor: float = Field(0.0, ge=0, le=1)
+    """GPU share Ray reserves for each actor; > 0 runs the actor's Q-network on that GPU (a 16-core host with
+    one GPU: 0.05 frees the cores for the emulators); 0 = inference on the actor's CPUs."""
     exploration: ExplorationSpec = ExplorationSpec()
 
 
@@ -111,6 +114,9 @@ class DQNSpec(Section):
     """Learner calls the actors may run ahead of the replay ratio before the driver pauses them."""
     log_every_env_steps: int = Field(10_000, ge=1)
     """A metrics.csv row (and a progress line) every so many env steps."""
+    max_time_s: float | None = Field(None, gt=0)
+    """Stop collecting after this many seconds of training (the owed updates, the checkpoint and the final
+    evaluation still run); null = run to total_env_steps."""
 
 
 class LearnerSpec(Section):
@@ -118,6 +124,9 @@ class LearnerSpec(Section):
     """auto = a GPU when the Ray cluster has one, else CPU."""
     num_cpus: float = Field(1.0, gt=0)
     """CPUs Ray reserves for the learner (also its torch threads, rounded up)."""
+    cuda_graph: bool = True
+    """On a GPU, capture the update (loss, backward, clipping, optimiser step) once as a CUDA graph and replay
+    it: small Q-networks are bound by kernel launches, not arithmetic. Ignored on CPU."""
 
 
 class EvalSpec(Section):

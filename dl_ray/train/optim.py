@@ -9,16 +9,17 @@ from torch import nn
 from dl_ray.spec import OptimizerSpec, ScheduleSpec
 
 
-def make_optimizer(model: nn.Module, opt: OptimizerSpec, l2: float) -> torch.optim.Optimizer:
-    """L2 is applied as weight decay on weights only: its gradient is that of (l2/2)*||w||^2."""
+def make_optimizer(model: nn.Module, opt: OptimizerSpec, l2: float, capturable: bool = False) -> torch.optim.Optimizer:
+    """L2 is applied as weight decay on weights only: its gradient is that of (l2/2)*||w||^2.
+    ``capturable``: the step may be captured in a CUDA graph (Adam and RMSProp keep their step count on the GPU)."""
     weights = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": weights, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
     if opt.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=opt.lr, alpha=opt.rho, momentum=opt.momentum)
-    return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas)
+        return torch.optim.RMSprop(groups, lr=opt.lr, alpha=opt.rho, momentum=opt.momentum, capturable=capturable)
+    return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, capturable=capturable)
 
 
 def lr_factor(sched: ScheduleSpec, epoch: int, epochs: int, base_lr: float) -> float:
