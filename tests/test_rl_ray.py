@@ -11,6 +11,7 @@ import time
 
 import pandas as pd
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from dl_ray.rl import driver
@@ -42,9 +43,13 @@ def test_short_pong_run_on_two_actors_moves_data_end_to_end(ray_cluster, tmp_pat
                     dqn={"total_env_steps": 1200, "learning_starts": 400, "replay_ratio": 8, "updates_per_call": 8,
                          "log_every_env_steps": 400},
                     replay={"capacity": 4000, "shards": 2, "prioritized": True},
-                    evaluation={"episodes": 1, "every_env_steps": None}, checkpoint={"every_env_steps": 600})
+                    evaluation={"episodes": 1, "every_env_steps": None, "video": True}, checkpoint={"every_env_steps": 600})
     summary = driver.run(spec, Console(file=open(os.devnull, "w")))
     assert summary["env_steps"] >= 1200 and summary["replay_frames"] >= 1200
+    with Image.open(tmp_path / "pong" / "eval_episode.gif") as gif:  # one whole game, a frame per agent step
+        assert gif.size == (160, 210) and 500 < gif.n_frames <= summary["video/steps"] + 1  # (Pillow merges repeats)
+    assert -21 <= summary["video/return"] <= 0
+    assert list((tmp_path / "pong" / "wandb").glob("offline-run-*/files/media/videos/eval/video_*.gif"))  # W&B has it
     expected_updates = (summary["env_steps"] - 400) * 8 // 32
     assert expected_updates - 8 < summary["updates"] <= expected_updates  # the driver held the replay ratio
     assert summary["eval/episodes"] == 1 and summary["eval/return_mean"] <= 0  # one whole game of Pong, raw score

@@ -161,6 +161,8 @@ class DQNRun:
         for ref in list(self.evaluating):
             self._eval_done(ref)
         self._eval_done(self._evaluate(), final=True)
+        if spec.evaluation.video:
+            self._record_video()
         return self._finish()
 
     def _out_of_time(self) -> bool:
@@ -280,6 +282,18 @@ class DQNRun:
         self.console.print(f"evaluation at {steps:,} env steps: return {result['eval/return_mean']:.2f} "
                            f"± {result['eval/return_std']:.2f} over {result['eval/episodes']} episodes"
                            + (" (final)" if final else ""), highlight=False)
+
+    def _record_video(self) -> None:
+        from dl_ray.rl.video import record_episode
+
+        task = self.ray.remote(num_cpus=0)(record_episode)  # [Ray]
+        gif, result = self.ray.get(task.remote(self.spec, self.info, self.weights, self.spec.seed + 9_999))  # [Ray]
+        path = self.folder.dir / "eval_episode.gif"
+        path.write_bytes(gif)
+        self.folder.log_video(path, self.counters["env_steps"], result)
+        self.last_eval |= result
+        self.console.print(f"video of one evaluation game (return {result['video/return']:.0f}, "
+                           f"{result['video/steps']:,} steps) → {path}", highlight=False)
 
     def _rates(self) -> dict[str, float]:
         now, (t, steps, updates) = time.monotonic(), self.mark

@@ -103,14 +103,14 @@ def make_vector_env(env: EnvSpec, num_envs: int, num_threads: int = 1, noop_max:
     return vec
 
 
-def make_reference_env(env: EnvSpec, noop_max: int = 0) -> gym.Env:
+def make_reference_env(env: EnvSpec, noop_max: int = 0, render_mode: str | None = None) -> gym.Env:
     """One Atari env built only from Gymnasium's own wrappers (the reference the vector env is tested against).
 
     Gymnasium's AtariPreprocessing has no FIRE reset, so compare with ``env.fire_reset: false`` (or games
     without FIRE); its no-op count comes from a different random stream than ale-py's, so compare with 0.
     """
     base = gym.make(env.id, frameskip=1, repeat_action_probability=env.sticky_actions,
-                    max_num_frames_per_episode=env.max_episode_frames)
+                    max_num_frames_per_episode=env.max_episode_frames, render_mode=render_mode)
     pre = gym.wrappers.AtariPreprocessing(base, noop_max=noop_max, frame_skip=env.frame_skip,
                                           screen_size=env.screen_size, terminal_on_life_loss=False, grayscale_obs=True)
     return gym.wrappers.FrameStackObservation(pre, env.frame_stack, padding_type="zero")

@@ -47,6 +47,12 @@ class RunFolder:
         if self.wandb:
             self.wandb.log({k: v for k, v in row.items() if k != "env_steps"}, step=int(row["env_steps"]))
 
+    def log_video(self, gif: Path, env_steps: int, stats: dict[str, float]) -> None:
+        if self.wandb and self.wandb.run is not None:
+            import wandb
+
+            self.wandb.log({"eval/video": wandb.Video(str(gif), format="gif"), **stats}, step=env_steps)
+
     def save(self, state: dict[str, Any], replay: list[dict[str, np.ndarray]] | None = None) -> None:
         tmp, old = self.dir / "checkpoint.tmp", self.dir / "checkpoint.old"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -136,6 +136,8 @@ class EvalSpec(Section):
     """Epsilon of the evaluation policy."""
     every_env_steps: int | None = Field(250_000, ge=1)
     """Evaluate in the background every so many env steps (and always at the end); null = only at the end."""
+    video: bool = False
+    """Atari: at the end, record one evaluation game as ``eval_episode.gif`` in the run folder (and W&B)."""
 
 
 class QLearningSpec(Section):
@@ -188,6 +190,8 @@ class RLJobSpec(RunFolder, Section):
     def _consistent(self):
         if self.algorithm == "dqn" and self.model is None:
             raise ValueError("dqn needs a model section (name: nature_cnn for Atari, q_mlp for vector observations)")
+        if self.evaluation.video and not self.env.is_atari:
+            raise ValueError(f"evaluation.video records Atari games (ALE/...); {self.env.id} has no video here: set it false")
         if self.replay.capacity < self.replay.shards * 1000:
             raise ValueError(f"replay.capacity must hold >= 1000 frames per shard (got {self.replay.capacity})")
         return self
