@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -52,7 +53,9 @@ def _column(result, name: str) -> list[float]:
 
 
 def _curve(result, metric: str) -> list[tuple[int, float]]:
-    frame = result.metrics_dataframe
+    """From the trial's own metrics.csv (after a PBT exploit: the donor's epochs, then its own), else Tune's."""
+    history = Path(result.path) / "metrics.csv"
+    frame = pd.read_csv(history) if history.is_file() else result.metrics_dataframe
     if frame is None or metric not in frame or "epoch" not in frame:
         return []
     per_epoch = frame[frame["train/loss"].notna()] if "train/loss" in frame else frame
