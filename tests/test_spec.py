@@ -21,6 +21,28 @@ def test_shipped_jobs_validate(job):
     assert spec.to_dict() == parse_spec(spec.to_dict()).to_dict()  # the saved spec round-trips
 
 
+@pytest.mark.parametrize("sweep", sorted((ROOT / "jobs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_validate(sweep):
+    from dl_ray.tune.spec import load_sweep
+    from dl_ray.tune.sweep import check
+
+    if yaml.safe_load(sweep.read_text())["tune"].get("trial") == "evaluate":  # needs its trained run (test_seq2seq_train)
+        with pytest.raises(SpecError, match=r"tune\.checkpoint: no checkpoint in /nonexistent/run \(expected"):
+            load_sweep(sweep, ["tune.checkpoint=/nonexistent/run"])
+        return
+    check(load_sweep(sweep))
+
+
+@pytest.mark.parametrize("job", sorted((ROOT / "jobs" / "rl").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_rl_jobs_validate(job):
+    from dl_ray.rl.driver import check
+    from dl_ray.rl.spec import load_rl_spec, parse_rl_spec
+
+    spec = load_rl_spec(job)
+    check(spec)
+    assert spec.to_dict() == parse_rl_spec(spec.to_dict()).to_dict()
+
+
 def test_overrides_are_typed_and_nested():
     spec = parse_spec(BASE)
     assert spec.training.batch_size == 64 and spec.storage.name is None
