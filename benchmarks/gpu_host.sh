@@ -3,7 +3,7 @@
 #   1. the CUDA-graph learner equals the eager one (tests/test_rl_gpu.py; if it fails, the run below goes eager);
 #   2. benchmarks/dqn_throughput.py (a) fleet / raw env frames/s, (c) replay bytes, (d) learner updates/s;
 #   3. `dl-ray dqn jobs/rl/dqn_pong.yaml` for PONG_SECONDS of training, then its final 30-episode evaluation.
-# Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS]   (Ray, Gymnasium, ale-py from .gpu-bundle if present:
+# Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS]  ((a) prints overlapped and serial stepping)   (Ray, Gymnasium, ale-py from .gpu-bundle if present:
 # `bash ../shared/gpu-host/bundle.sh .gpu-bundle` on a machine with pip, then carry it over).
 set -uo pipefail
 out=${1:?usage: gpu_host.sh OUTDIR [PONG_SECONDS]}; seconds=${2:-270}

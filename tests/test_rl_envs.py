@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tests.conftest import ROOT, cli
 
-from dl_ray.rl.envs import make_reference_env, make_vector_env
+from dl_ray.rl.envs import OverlappedVectorEnv, make_reference_env, make_vector_env, step_with
 from dl_ray.rl.spec import EnvSpec
 
 
@@ -36,6 +36,31 @@ def test_vector_env_matches_gymnasium_atari_preprocessing_and_frame_stack(env_id
         if terminated[0] or truncated[0]:
             break
     assert changed > 100 and obs.shape == (1, 4, 84, 84) and obs.dtype == np.uint8
+
+
+def test_overlapped_halves_see_exactly_what_one_vector_env_sees():
+    """The actors' overlapped stepping (one half emulates while the other half's actions are picked) changes
+    nothing an env sees: same seed, same policy, identical observations, rewards, ends, lives and actions."""
+    env = EnvSpec(id="ALE/Breakout-v5")  # FIRE reset, no-op starts and lives: all on
+    plain, overlapped = make_vector_env(env, 6), OverlappedVectorEnv(env, 6)
+    obs, info = plain.reset(seed=3)
+    obs_o, info_o = overlapped.reset(seed=3)
+    np.testing.assert_array_equal(obs, obs_o)
+    np.testing.assert_array_equal(info["lives"], info_o["lives"])
+
+    def policy(o):  # deterministic in each env's own observation
+        return (o.reshape(len(o), -1)[:, ::7].sum(axis=1) % 4).astype(np.int64)
+
+    ends = 0
+    for _ in range(700):
+        *plain_step, info, actions = step_with(plain, obs, policy)
+        *overlapped_step, info_o, actions_o = step_with(overlapped, obs, policy)
+        for a, b in zip(plain_step, overlapped_step):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(info["lives"], info_o["lives"])
+        np.testing.assert_array_equal(actions, actions_o)
+        obs, ends = plain_step[0], ends + int(plain_step[2].sum())
+    assert ends >= 1  # games ended and restarted (autoreset) along the way
 
 
 def test_bad_env_id_is_one_line_and_exit_2():

@@ -13,7 +13,9 @@ ignores its action and returns the first observation of a new episode.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -101,6 +103,59 @@ def make_vector_env(env: EnvSpec, num_envs: int, num_threads: int = 1, noop_max:
         vec = gym.vector.SyncVectorEnv([lambda: gym.make(env.id, **env.kwargs) for _ in range(num_envs)],
                                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     return vec
+
+
+Policy = Callable[[np.ndarray], np.ndarray]
+"""Observations of some envs -> their actions."""
+
+
+class OverlappedVectorEnv:
+    """Two halves of an Atari vector env, stepped so that one half emulates (ale-py's C++ threads, ``send``)
+    while the policy picks the other half's actions: inference hides behind emulation.
+
+    Env i sees exactly what it would in ``make_vector_env(env, num_envs)`` with the same seed (the halves
+    are seeded ``seed...`` and ``seed + num_envs // 2...``), only the second half's step is in flight
+    between two calls of :meth:`step`, with actions from the weights of that moment.
+    """
+
+    def __init__(self, env: EnvSpec, num_envs: int, num_threads: int = 1):
+        self.split = num_envs // 2
+        self.halves = (make_vector_env(env, self.split, num_threads), make_vector_env(env, num_envs - self.split, num_threads))
+        self.obs: list[np.ndarray] = []
+        self.in_flight: np.ndarray | None = None  # the second half's actions, sent, result not received yet
+
+    def reset(self, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        (first, info_a), (second, info_b) = self.halves[0].reset(seed=seed), self.halves[1].reset(seed=seed + self.split)
+        self.obs, self.in_flight = [first, second], None
+        return np.concatenate(self.obs), _join(info_a, info_b)
+
+    def step(self, policy: Policy) -> tuple[np.ndarray, ...]:
+        """One step of every env: (obs, reward, terminated, truncated, info, the actions that led there)."""
+        a, b = self.halves
+        if self.in_flight is None:
+            self.in_flight = policy(self.obs[1])
+            b.send(self.in_flight)
+        actions_a = policy(self.obs[0])  # while b emulates
+        a.send(actions_a)
+        *result_b, info_b = b.recv()
+        actions_b, self.in_flight = self.in_flight, policy(result_b[0])  # while a emulates
+        b.send(self.in_flight)
+        *result_a, info_a = a.recv()
+        self.obs = [result_a[0], result_b[0]]
+        joined = [np.concatenate(pair) for pair in zip(result_a, result_b)]
+        return (*joined, _join(info_a, info_b), np.concatenate([actions_a, actions_b]))
+
+
+def _join(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {k: np.concatenate([a[k], b[k]]) for k in a if isinstance(a[k], np.ndarray) and k in b}
+
+
+def step_with(env, obs: np.ndarray, policy: Policy) -> tuple[np.ndarray, ...]:
+    """One step of a vector env (plain or overlapped): (obs, reward, terminated, truncated, info, actions)."""
+    if isinstance(env, OverlappedVectorEnv):
+        return env.step(policy)
+    actions = policy(obs)
+    return (*env.step(actions), actions)
 
 
 def make_reference_env(env: EnvSpec, noop_max: int = 0, render_mode: str | None = None) -> gym.Env:

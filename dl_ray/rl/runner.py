@@ -7,13 +7,14 @@ no Ray here.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import torch
 
 from dl_ray.models import ModelIO, build_model
-from dl_ray.rl.envs import EnvInfo, make_vector_env, newest_frames
+from dl_ray.rl.envs import EnvInfo, OverlappedVectorEnv, make_vector_env, newest_frames, step_with
 from dl_ray.rl.spec import ExplorationSpec, RLJobSpec
 
 Weights = dict[str, Any]
@@ -58,8 +59,9 @@ class EnvRunner:
     def __init__(self, spec: RLJobSpec, info: EnvInfo, index: int, seed: int, threads: int = 1):
         torch.set_num_threads(threads)
         self.spec, self.info, self.index = spec, info, index
-        n = spec.actors.envs_per_actor
-        self.env = make_vector_env(spec.env, n, num_threads=spec.actors.env_threads)
+        n, threads = spec.actors.envs_per_actor, spec.actors.env_threads
+        overlap = spec.actors.overlap and spec.env.is_atari and n >= 2
+        self.env = OverlappedVectorEnv(spec.env, n, threads) if overlap else make_vector_env(spec.env, n, num_threads=threads)
         self.obs, reset_info = self.env.reset(seed=seed)
         self.lives = reset_info.get("lives")
         device = "cuda" if spec.actors.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
@@ -85,9 +87,9 @@ class EnvRunner:
             rows.append(self._row(self.obs, np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool), np.ones(n, bool), context))
             self.first_row = False
         episodes = []
+        policy = functools.partial(greedy_actions, self.net, epsilon=epsilon, rng=self.rng)
         for _ in range(num_steps):
-            actions = greedy_actions(self.net, self.obs, epsilon, self.rng)
-            obs, reward, terminated, truncated, info = self.env.step(actions)
+            obs, reward, terminated, truncated, info, actions = step_with(self.env, self.obs, policy)
             start = self.ended
             done = terminated.copy()
             if "lives" in info:

@@ -72,6 +72,10 @@ class ActorsSpec(Section):
     """CPUs Ray reserves for each actor (0.5 lets 2 actors and the learner share 2 cores)."""
     env_threads: int = Field(1, ge=1)
     """Atari: C++ threads of each actor's AtariVectorEnv."""
+    overlap: bool = False
+    """Atari: step half of the envs while the Q-network picks the other half's actions, so inference hides
+    behind emulation (each half has env_threads emulator threads). Pays when the actor has a spare core (one
+    actor x 8 envs on 2 cores: 1.3-1.4x frames/s); costs when cores are already busy (half-size batches)."""
     gpus_per_actor: float = Field(0.0, ge=0, le=1)
     """GPU share Ray reserves for each actor; > 0 runs the actor's Q-network on that GPU (a 16-core host with
     one GPU: 0.05 frees the cores for the emulators); 0 = inference on the actor's CPUs."""
