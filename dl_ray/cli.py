@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster_commands.add_commands(sub)
 
     args = parser.parse_args(argv)
-    console = Console(stderr=False)
+    console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())  # logs and pipes: one line per message
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     from dl_ray.spec import RunError, SpecError
 

@@ -344,4 +344,5 @@ class DQNRun:
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("dqn"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[stats]}"), console=self.console, transient=True)
+                        TextColumn("{task.fields[stats]}"), console=self.console, transient=True,
+                        disable=not self.console.is_terminal)  # logs and pipes get the printed lines only

@@ -87,7 +87,7 @@ def run_q_learning(spec: RLJobSpec, info: EnvInfo, console: Console) -> dict[str
     window: list[float] = []
     counters = {"env_steps": 0}
     t0 = time.monotonic()
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("q-learning", total=cfg.episodes)
 
         def on_episode(episode: int, ret: float, steps: int, epsilon: float, alpha: float) -> None:

@@ -47,7 +47,8 @@ def epoch_line(m: dict[str, Any], epochs: int) -> str:
 def follow(events: Any, done: threading.Event, console: Console) -> None:
     """A transient bar over the batches of the current epoch, and one line per finished epoch."""
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                   disable=not console.is_terminal)  # logs and pipes get the epoch lines only
     task, current, epochs = None, None, 0
     with bar:
         while True:
