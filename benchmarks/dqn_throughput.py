@@ -33,13 +33,13 @@ from dl_ray.rl.spec import parse_rl_spec  # noqa: E402
 ACTORS, ENVS, ENV_THREADS, CPUS_PER_ACTOR, GPUS_PER_ACTOR = 2, 4, 1, 0.5, 0.0
 
 
-def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True, overlap: bool = True):
+def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True, overlap: bool = True, on_learner: bool = False):
     return parse_rl_spec({
         "name": "bench_pong", "seed": 0, "env": {"id": "ALE/Pong-v5"},
         "model": {"name": "nature_cnn", "double": True, "dueling": True},
         "dqn": {"total_env_steps": total, "batch_size": 32, "replay_ratio": 8, "learning_starts": 1000,
                 "updates_per_call": 16, "log_every_env_steps": 500},
-        "replay": {"capacity": 50_000},
+        "replay": {"capacity": 20_000 if on_learner else 50_000, "on_learner": on_learner},
         "actors": {"num_actors": ACTORS, "envs_per_actor": ENVS, "steps_per_call": 32, "cpus_per_actor": CPUS_PER_ACTOR,
                    "env_threads": ENV_THREADS, "gpus_per_actor": GPUS_PER_ACTOR, "overlap": overlap},
         "learner": {"num_cpus": 1, "cuda_graph": cuda_graph}, "evaluation": {"episodes": 1, "every_env_steps": None},
@@ -98,13 +98,24 @@ def filled_replay() -> FrameReplay:
     return replay
 
 
-def learner_updates_per_s(replay: FrameReplay, seconds: float, device: str = "cpu", cuda_graph: bool = True) -> float:
-    spec = pong_spec("/tmp", cuda_graph=cuda_graph)
+def learner_updates_per_s(replay: FrameReplay, seconds: float, device: str = "cpu", cuda_graph: bool = True,
+                          on_learner: bool = False) -> float:
+    """Updates/s of the learner, sampling included: from a replay in this process (as a shard actor samples),
+    or (``on_learner``) from the learner's own replay on its device."""
+    spec = pong_spec("/tmp", cuda_graph=cuda_graph, on_learner=on_learner)
     learner = Learner(spec, describe_env(spec.env), device, threads=torch.get_num_threads())
-    learner.train(replay.sample(32 * 16), 16)  # warm up (and capture the CUDA graph)
+    if on_learner:
+        learner.replay_load_state(replay.state())
+
+        def train(n: int) -> None:
+            learner.train_on_replay(n, 0.4)
+    else:
+        def train(n: int) -> None:
+            learner.train(replay.sample(32 * n), n)
+    train(16)  # warm up (and capture the CUDA graph)
     updates, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        learner.train(replay.sample(32 * 64), 64)
+        train(64)
         updates += 64
     return updates / (time.perf_counter() - t0)
 
@@ -200,8 +211,10 @@ def main() -> None:
     if torch.cuda.is_available():
         eager = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=False)
         graphed = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=True)
+        on_gpu = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=True, on_learner=True)
         print(f"(d) learner on {torch.cuda.get_device_name()}: eager {eager:,.0f}, CUDA graph {graphed:,.0f} updates/s "
-              f"({graphed / eager:.2f}x; batch 32, sampling included)")
+              f"({graphed / eager:.2f}x; batch 32, sampling included); CUDA graph + replay on the GPU "
+              f"(replay.on_learner) {on_gpu:,.0f} updates/s ({on_gpu / eager:.2f}x)")
     if args.skip_ours:
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,10 +3,11 @@
 #   1. the CUDA-graph learner equals the eager one (tests/test_rl_gpu.py; if it fails, the run below goes eager);
 #   2. benchmarks/dqn_throughput.py (a) fleet / raw env frames/s, (c) replay bytes, (d) learner updates/s;
 #   3. `dl-ray dqn jobs/rl/dqn_pong.yaml` for PONG_SECONDS of training, then its final 30-episode evaluation.
-# Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS]  ((a) prints overlapped and serial stepping)   (Ray, Gymnasium, ale-py from .gpu-bundle if present:
+# Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS] [PONG_OVERRIDES]  ((a): overlapped and serial stepping)
+# e.g. bash benchmarks/gpu_host.sh $OUT 270 "--set replay.on_learner=true --set replay.shards=1 --set actors.overlap=true"   (Ray, Gymnasium, ale-py from .gpu-bundle if present:
 # `bash ../shared/gpu-host/bundle.sh .gpu-bundle` on a machine with pip, then carry it over).
 set -uo pipefail
-out=${1:?usage: gpu_host.sh OUTDIR [PONG_SECONDS]}; seconds=${2:-270}
+out=${1:?usage: gpu_host.sh OUTDIR [PONG_SECONDS] ["--set a=b ..." for the Pong run]}; seconds=${2:-270}; extra=${3:-}
 mkdir -p "$out"
 if [ -f .gpu-bundle/site.tar.xz ]; then
   mkdir -p /tmp/site && tar -xJf .gpu-bundle/site.tar.xz -C /tmp/site || exit 1
@@ -26,6 +27,6 @@ timeout 150 python3 benchmarks/dqn_throughput.py --seconds 8 --skip-ours --actor
 rm -rf /tmp/gpu_runs
 timeout $((seconds + 200)) python3 -m dl_ray.cli dqn jobs/rl/dqn_pong.yaml --set dqn.max_time_s="$seconds" \
   --set learner.cuda_graph=$graph --set dqn.total_env_steps=10000000 --set evaluation.every_env_steps=500000 \
-  --set tracking.wandb=disabled --set storage.path=/tmp/gpu_runs 2>&1 | tee "$out/pong.log"
+  --set tracking.wandb=disabled --set storage.path=/tmp/gpu_runs $extra 2>&1 | tee "$out/pong.log"
 cp /tmp/gpu_runs/dqn_pong/{metrics.csv,summary.json,curves.png} "$out/" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used --format=csv

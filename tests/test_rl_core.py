@@ -47,16 +47,18 @@ def synthetic_chunks(streams=3, steps=400, chunk=16, seed=0):
                "context": np.array(context).reshape(-1, STACK - 1, 3)}, truth
 
 
-@pytest.mark.parametrize("prioritized", [False, True])
-def test_replay_rebuilds_stacks_by_index_and_never_crosses_an_episode_end(prioritized):
-    replay = FrameReplay(capacity=500, frame_shape=(3,), frame_dtype="int64", stack=STACK, prioritized=prioritized)
+@pytest.mark.parametrize(("prioritized", "device"), [(False, None), (True, None), (False, "cpu"), (True, "cpu")])
+def test_replay_rebuilds_stacks_by_index_and_never_crosses_an_episode_end(prioritized, device):
+    replay = FrameReplay(capacity=500, frame_shape=(3,), frame_dtype="int64", stack=STACK, prioritized=prioritized,
+                         device=device)  # device: frames in a torch tensor (the learner's own replay)
     stored = 0
     for chunk, truth in synthetic_chunks():
         replay.add(chunk)
         stored += chunk["frames"].shape[0] * chunk["frames"].shape[1] + len(chunk["context"]) * (STACK - 1)
     assert replay.written == stored  # one slot per frame: nothing stored twice
     batch = replay.sample(4096)
-    obs, nxt = split_window(batch["window"], STACK)
+    assert isinstance(batch["window"], np.ndarray if device is None else torch.Tensor)
+    obs, nxt = split_window(np.asarray(batch["window"]), STACK)
     assert obs.shape == (4096, STACK, 3)
     stream, episode, t = nxt[:, -1, 0], nxt[:, -1, 1], nxt[:, -1, 2]
     assert (t >= 1).all()  # a transition ends on a real observation after the first one

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -123,3 +124,17 @@ def test_max_time_stops_collecting_and_still_evaluates(ray_cluster, tmp_path):
     assert 0 < summary["env_steps"] < 10**7 and summary["eval/episodes"] == 5
     owed = (summary["env_steps"] - 500) * 4 // 32
     assert owed - 16 < summary["updates"] <= owed  # the owed updates (whole learner calls) ran before the end
+
+
+def test_replay_on_the_learner_holds_the_ratio_and_resumes_with_its_replay(ray_cluster, tmp_path):
+    raw = cartpole(tmp_path, "on_learner", total=3000).to_dict()
+    raw["replay"] |= {"on_learner": True, "save_in_checkpoint": True}
+    first = driver.run(parse_rl_spec(raw), Console(file=open(os.devnull, "w")))
+    owed = (first["env_steps"] - 500) * 4 // 32
+    assert owed - 16 < first["updates"] <= owed and first["replay_frames"] >= 3000
+    saved = np.load(tmp_path / "on_learner" / "checkpoint" / "replay_0.npz")
+    assert saved["frames"].shape == (10_000, 4) and int(saved["counters"][0]) == first["replay_frames"]
+    raw["dqn"]["total_env_steps"] = 4000  # run on: the replay comes back, so learning goes on at once
+    second = driver.run(parse_rl_spec(raw), Console(file=open(os.devnull, "w")))
+    more = (second["env_steps"] - first["env_steps"]) * 4 // 32
+    assert first["updates"] + more - 16 < second["updates"] <= first["updates"] + more, (first, second)

@@ -2,7 +2,8 @@
 
 The loop reads top to bottom: N env-runner actors play and return replay chunks, which go straight to the
 replay shards (actor i -> shard i % S) without passing through the driver; the learner samples a shard
-and runs ``updates_per_call`` updates per call. The driver owns the replay ratio (sampled transitions per
+and runs ``updates_per_call`` updates per call (``replay.on_learner``: the learner itself keeps the one
+replay, frames on its GPU, and samples it there). The driver owns the replay ratio (sampled transitions per
 env step): it submits learner calls as env steps arrive and holds actors back when the learner falls more
 than ``max_update_lag`` calls behind. Weights go to the object store once per learner call and every actor
 reads that one copy at its next call (every K steps). A dead actor is replaced with the same index
@@ -69,6 +70,14 @@ def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, A
         raise RunError(_explain(e, spec.run_dir)) from e
 
 
+class ReplayInLearner:
+    """``replay.on_learner``: the learner's own replay, addressed like a replay shard actor."""
+
+    def __init__(self, learner: Any):
+        self.add, self.stats = learner.replay_add, learner.replay_stats
+        self.state, self.load_state = learner.replay_state, learner.replay_load_state
+
+
 class DQNRun:
     def __init__(self, spec: RLJobSpec, info: EnvInfo, console: Console):
         import ray  # [Ray]
@@ -81,12 +90,14 @@ class DQNRun:
         self.returns: deque[float] = deque(maxlen=100)
         self.last_eval: dict[str, float] = {}
         r = spec.replay
-        shard_capacity = r.capacity // r.shards
-        Shard = ray.remote(num_cpus=0)(FrameReplay)  # [Ray]
-        self.shards = [Shard.remote(shard_capacity, info.frame_shape, info.obs_dtype, info.stack, r.prioritized,
-                                    r.priority_alpha, spec.seed + s) for s in range(r.shards)]
         self.learner = ray.remote(Learner).options(num_cpus=spec.learner.num_cpus, num_gpus=self.gpus).remote(  # [Ray]
             spec, info, self.device, max(1, int(spec.learner.num_cpus)))
+        if r.on_learner:
+            self.shards = [ReplayInLearner(self.learner)]
+        else:
+            Shard = ray.remote(num_cpus=0)(FrameReplay)  # [Ray]
+            self.shards = [Shard.remote(r.capacity // r.shards, info.frame_shape, info.obs_dtype, info.stack, r.prioritized,
+                                        r.priority_alpha, spec.seed + s) for s in range(r.shards)]
         restored = bool(saved and saved["replay"])
         if saved:
             ray.get([self.learner.load_state.remote(saved["learner"])]  # [Ray]
@@ -240,16 +251,21 @@ class DQNRun:
         while len(self.training) < 2 and self.updates_submitted + d.updates_per_call <= self._updates_due():
             shard = self.shards[(self.updates_submitted // d.updates_per_call) % len(self.shards)]
             beta = r.priority_beta + (1 - r.priority_beta) * min(1.0, self.counters["env_steps"] / d.total_env_steps)
-            sample = shard.sample.remote(d.updates_per_call * d.batch_size, beta)  # [Ray]
-            metrics, positions, td_abs = self.learner.train.options(num_returns=3).remote(sample, d.updates_per_call)  # [Ray]
-            if r.prioritized:
-                shard.update_priorities.remote(positions, td_abs)  # [Ray] straight from learner to replay
+            if r.on_learner:
+                metrics = self.learner.train_on_replay.remote(d.updates_per_call, beta)  # [Ray]
+            else:
+                sample = shard.sample.remote(d.updates_per_call * d.batch_size, beta)  # [Ray]
+                metrics, positions, td_abs = self.learner.train.options(num_returns=3).remote(sample, d.updates_per_call)  # [Ray]
+                if r.prioritized:
+                    shard.update_priorities.remote(positions, td_abs)  # [Ray] straight from learner to replay
             self.training[metrics] = shard
             self.updates_submitted += d.updates_per_call
 
     def _training_done(self, ref: Any) -> None:
         self.training.pop(ref)
         m = self.ray.get(ref)  # [Ray]
+        if m["updates"] <= self.updates_done:  # ray.wait may report two finished calls out of order
+            return
         self.updates_done, self.loss, self.q_mean = m["updates"], m["loss"], m["q_mean"]
         self.weights = self.learner.weights.remote()  # [Ray] fresh weights for the actors' next calls
 

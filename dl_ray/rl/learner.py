@@ -4,6 +4,10 @@ Plain Python (the driver makes it a Ray actor, on a GPU when there is one). One 
 takes a replay sample of ``n * batch_size`` transitions, moves it to the device in one copy and runs ``n``
 updates on it. On a GPU the update (loss, backward, clipping, optimiser step) is captured once as a CUDA
 graph and replayed: a Nature-CNN update at batch 32 is bound by kernel launches, not by arithmetic.
+
+With ``replay.on_learner`` the learner also holds the replay, its frames on the learner's device: actors'
+chunks arrive through :meth:`replay_add` and :meth:`train_on_replay` samples by an index gather there, so
+no batch crosses the object store or the PCIe bus.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 import torch
 
 from dl_ray.rl.envs import EnvInfo
-from dl_ray.rl.replay import split_window
+from dl_ray.rl.replay import Chunk, FrameReplay, split_window
 from dl_ray.rl.runner import Weights, build_qnet
 from dl_ray.rl.spec import RLJobSpec
 from dl_ray.train.optim import make_optimizer
@@ -33,11 +37,14 @@ class Learner:
         self.optimizer = make_optimizer(self.net, spec.optimizer, l2=0.0, capturable=self.graphed)
         self.graph: tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple] | None = None  # at the 1st update
         self.updates = 0
+        r = spec.replay
+        self.replay = FrameReplay(r.capacity, info.frame_shape, info.obs_dtype, info.stack, r.prioritized, r.priority_alpha,
+                                  spec.seed, device=device) if r.on_learner else None
 
     def train(self, sample: dict[str, np.ndarray], num_updates: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """``num_updates`` updates on consecutive slices of ``sample``; metrics, and positions with |td| for priorities."""
         size = len(sample["action"]) // num_updates
-        data = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in sample.items() if k != "position"}
+        data = {k: torch.as_tensor(v).to(self.device) for k, v in sample.items() if k != "position"}
         losses, q_means, td_abs = [], [], []
         for i in range(num_updates):
             loss, td, q_mean = self.update({k: v[i * size:(i + 1) * size] for k, v in data.items()})
@@ -47,6 +54,24 @@ class Learner:
         metrics = {"loss": torch.stack(losses).mean().item(), "q_mean": torch.stack(q_means).mean().item(),
                    "updates": self.updates}
         return metrics, sample["position"][: size * num_updates], torch.cat(td_abs).cpu().numpy()
+
+    def train_on_replay(self, num_updates: int, beta: float) -> dict[str, float]:
+        """``replay.on_learner``: sample this learner's own replay, train, update its priorities."""
+        metrics, positions, td_abs = self.train(self.replay.sample(num_updates * self.spec.dqn.batch_size, beta), num_updates)
+        self.replay.update_priorities(positions, td_abs)
+        return metrics
+
+    def replay_add(self, chunk: Chunk) -> int:
+        return self.replay.add(chunk)
+
+    def replay_stats(self) -> dict[str, Any]:
+        return self.replay.stats()
+
+    def replay_state(self) -> dict[str, np.ndarray]:
+        return self.replay.state()
+
+    def replay_load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.replay.load_state(state)
 
     def update(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One TD update on a batch of ``window`` (see :func:`split_window`), action, reward, done, weight."""

@@ -15,12 +15,16 @@ Actors interleave their env streams freely: the pointers make layout irrelevant.
 
 Uniform sampling by default; proportional prioritized replay (Schaul et al. 2016) over a sum tree as an
 option, with importance weights ``(N * P(i))^-beta`` normalised by the batch maximum.
+
+The frames may live on a torch device (``device="cuda"``: the learner's own replay, ``replay.on_learner``):
+the bookkeeping stays in numpy, and a sample's windows are one index gather on that device.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 
 Chunk = dict[str, np.ndarray]
 """What an env runner sends: ``streams`` (n,), and per row r and env e: ``frames`` (R, n, *frame),
@@ -72,9 +76,12 @@ class SumTree:
 
 class FrameReplay:
     def __init__(self, capacity: int, frame_shape: tuple[int, ...], frame_dtype: str, stack: int,
-                 prioritized: bool = False, alpha: float = 0.6, seed: int = 0):
+                 prioritized: bool = False, alpha: float = 0.6, seed: int = 0, device: str | None = None):
         self.capacity, self.stack, self.alpha = capacity, stack, alpha
+        self.device = torch.device(device) if device else None
         self.frames = np.zeros((capacity, *frame_shape), dtype=frame_dtype)
+        if self.device is not None:
+            self.frames = torch.from_numpy(self.frames).to(self.device)
         self.prev = np.full(capacity, -1, dtype=np.int64)
         self.action = np.zeros(capacity, dtype=np.uint8)
         self.reward = np.zeros(capacity, dtype=np.float32)
@@ -114,7 +121,10 @@ class FrameReplay:
     def _write(self, frames, prev, action, reward, done, is_transition) -> np.ndarray:
         positions = self.written + np.arange(len(frames))
         slots = positions % self.capacity
-        self.frames[slots] = frames
+        if self.device is None:
+            self.frames[slots] = frames
+        else:
+            self.frames[self._on_device(slots)] = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         self.prev[slots] = prev
         self.action[slots] = action
         self.reward[slots] = reward
@@ -161,7 +171,7 @@ class FrameReplay:
         slots = chain % self.capacity
         last = slots[:, -1]
         batch = {
-            "window": self.frames[slots],
+            "window": self.frames[slots] if self.device is None else self.frames[self._on_device(slots)],
             "action": self.action[last].astype(np.int64), "reward": self.reward[last], "done": self.done[last],
             "position": chain[:, -1], "weight": np.ones(batch_size, dtype=np.float32),
         }
@@ -170,6 +180,9 @@ class FrameReplay:
             weight = (len(self) * prob) ** -beta
             batch["weight"] = (weight / weight.max()).astype(np.float32)
         return batch
+
+    def _on_device(self, slots: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(slots).to(self.device)
 
     def _draw(self, n: int) -> np.ndarray:
         low = max(0, self.written - self.capacity)
@@ -197,14 +210,16 @@ class FrameReplay:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.frames, self.prev, self.action, self.reward, self.done, self.is_transition]
-        return sum(a.nbytes for a in arrays) + (self.tree.tree.nbytes if self.tree is not None else 0)
+        arrays = [self.prev, self.action, self.reward, self.done, self.is_transition]
+        frames = self.frames.nbytes if self.device is None else self.frames.numel() * self.frames.element_size()
+        return frames + sum(a.nbytes for a in arrays) + (self.tree.tree.nbytes if self.tree is not None else 0)
 
     def stats(self) -> dict[str, Any]:
         return {"frames": len(self), "written": self.written, "bytes": self.nbytes}
 
     def state(self) -> dict[str, np.ndarray]:
-        state = {k: getattr(self, k) for k in ("frames", "prev", "action", "reward", "done", "is_transition", "last")}
+        state = {k: getattr(self, k) for k in ("prev", "action", "reward", "done", "is_transition", "last")}
+        state["frames"] = self.frames if self.device is None else self.frames.cpu().numpy()
         state["counters"] = np.array([self.written, self.max_priority])
         if self.tree is not None:
             state["tree"] = self.tree.tree
@@ -213,6 +228,8 @@ class FrameReplay:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         for k in ("frames", "prev", "action", "reward", "done", "is_transition", "last"):
             setattr(self, k, np.array(state[k]))
+        if self.device is not None:
+            self.frames = torch.from_numpy(self.frames).to(self.device)
         self.written, self.max_priority = int(state["counters"][0]), float(state["counters"][1])
         if self.tree is not None and "tree" in state:
             self.tree.tree = np.array(state["tree"])

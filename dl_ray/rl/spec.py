@@ -93,6 +93,9 @@ class ReplaySpec(Section):
     """prioritized: P(i) ~ |td_error_i|^alpha."""
     priority_beta: float = Field(0.4, ge=0, le=1)
     """prioritized: importance-sampling exponent at the start, annealed linearly to 1 at the last step."""
+    on_learner: bool = False
+    """Keep the replay inside the learner, its frames on the learner's device (a GPU: 1M frames = 7 GB of its
+    memory): sampling is an index gather there and no batch crosses the object store. Needs shards: 1."""
     save_in_checkpoint: bool = False
     """Also checkpoint the replay contents (large); otherwise a resumed run refills it from learning_starts."""
 
@@ -196,6 +199,8 @@ class RLJobSpec(RunFolder, Section):
             raise ValueError("dqn needs a model section (name: nature_cnn for Atari, q_mlp for vector observations)")
         if self.evaluation.video and not self.env.is_atari:
             raise ValueError(f"evaluation.video records Atari games (ALE/...); {self.env.id} has no video here: set it false")
+        if self.replay.on_learner and self.replay.shards != 1:
+            raise ValueError(f"replay.on_learner keeps one replay in the learner: set replay.shards to 1 (got {self.replay.shards})")
         if self.replay.capacity < self.replay.shards * 1000:
             raise ValueError(f"replay.capacity must hold >= 1000 frames per shard (got {self.replay.capacity})")
         return self
