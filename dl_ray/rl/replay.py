@@ -121,10 +121,7 @@ class FrameReplay:
     def _write(self, frames, prev, action, reward, done, is_transition) -> np.ndarray:
         positions = self.written + np.arange(len(frames))
         slots = positions % self.capacity
-        if self.device is None:
-            self.frames[slots] = frames
-        else:
-            self.frames[self._on_device(slots)] = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        self.frames[self._index(slots)] = frames if self.device is None else torch.from_numpy(frames).to(self.device)
         self.prev[slots] = prev
         self.action[slots] = action
         self.reward[slots] = reward
@@ -171,7 +168,7 @@ class FrameReplay:
         slots = chain % self.capacity
         last = slots[:, -1]
         batch = {
-            "window": self.frames[slots] if self.device is None else self.frames[self._on_device(slots)],
+            "window": self.frames[self._index(slots)],
             "action": self.action[last].astype(np.int64), "reward": self.reward[last], "done": self.done[last],
             "position": chain[:, -1], "weight": np.ones(batch_size, dtype=np.float32),
         }
@@ -181,8 +178,9 @@ class FrameReplay:
             batch["weight"] = (weight / weight.max()).astype(np.float32)
         return batch
 
-    def _on_device(self, slots: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(slots).to(self.device)
+    def _index(self, slots: np.ndarray) -> np.ndarray | torch.Tensor:
+        """Index of ``self.frames``: the slots themselves, or on the frames' device."""
+        return slots if self.device is None else torch.from_numpy(slots).to(self.device)
 
     def _draw(self, n: int) -> np.ndarray:
         low = max(0, self.written - self.capacity)
@@ -210,9 +208,8 @@ class FrameReplay:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.prev, self.action, self.reward, self.done, self.is_transition]
-        frames = self.frames.nbytes if self.device is None else self.frames.numel() * self.frames.element_size()
-        return frames + sum(a.nbytes for a in arrays) + (self.tree.tree.nbytes if self.tree is not None else 0)
+        arrays = [self.frames, self.prev, self.action, self.reward, self.done, self.is_transition]  # numpy or torch
+        return sum(a.nbytes for a in arrays) + (self.tree.tree.nbytes if self.tree is not None else 0)
 
     def stats(self) -> dict[str, Any]:
         return {"frames": len(self), "written": self.written, "bytes": self.nbytes}
