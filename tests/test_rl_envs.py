@@ -76,6 +76,8 @@ def test_bad_env_id_is_one_line_and_exit_2():
     assert code == 2 and "dqn needs a model section" in err
     code, _, err = cli("dqn", "jobs/rl/dqn_cartpole.yaml", "--set", "evaluation.video=true", "--dry-run")
     assert code == 2 and "evaluation.video records Atari games" in err
+    code, _, err = cli("dqn", "jobs/rl/dqn_pong.yaml", "--set", "replay.on_learner=true", "--dry-run")
+    assert code == 2 and err.count("\n") == 1 and "set replay.shards to 1 (got 2)" in err
 
 
 def test_q_learning_frozenlake_success_rate(tmp_path):
