@@ -1,6 +1,7 @@
 """DQN throughput, all in one run on one machine (``python benchmarks/dqn_throughput.py``; ~6 min on 2 cores).
 
-(a) env frames/s of the actor fleet (Ray actors, Nature-CNN inference, epsilon-greedy, replay chunks)
+(a) env frames/s of the actor fleet (Ray actors, Nature-CNN inference in float32 and bfloat16, serial and
+    overlapped stepping, epsilon-greedy, replay chunks)
     / frames/s of one raw AtariVectorEnv with random actions over the same number of envs and threads;
 (b) our DQN vs RLlib 2.60's DQN on the same Pong settings (2 env runners x 4 envs, batch 32, replay ratio 8,
     Nature CNN, double + dueling), env steps/s once learning has started;
@@ -14,6 +15,7 @@ Defaults fit the 2-core dev machine; on the 16-core GPU host:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import time
@@ -33,7 +35,8 @@ from dl_ray.rl.spec import parse_rl_spec  # noqa: E402
 ACTORS, ENVS, ENV_THREADS, CPUS_PER_ACTOR, GPUS_PER_ACTOR = 2, 4, 1, 0.5, 0.0
 
 
-def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True, overlap: bool = True, on_learner: bool = False):
+def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True, overlap: bool = True, on_learner: bool = False,
+              inference_dtype: str = "float32"):
     return parse_rl_spec({
         "name": "bench_pong", "seed": 0, "env": {"id": "ALE/Pong-v5"},
         "model": {"name": "nature_cnn", "double": True, "dueling": True},
@@ -41,7 +44,8 @@ def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True, overlap: boo
                 "updates_per_call": 16, "log_every_env_steps": 500},
         "replay": {"capacity": 20_000 if on_learner else 50_000, "on_learner": on_learner},
         "actors": {"num_actors": ACTORS, "envs_per_actor": ENVS, "steps_per_call": 32, "cpus_per_actor": CPUS_PER_ACTOR,
-                   "env_threads": ENV_THREADS, "gpus_per_actor": GPUS_PER_ACTOR, "overlap": overlap},
+                   "env_threads": ENV_THREADS, "gpus_per_actor": GPUS_PER_ACTOR, "overlap": overlap,
+                   "inference_dtype": inference_dtype},
         "learner": {"num_cpus": 1, "cuda_graph": cuda_graph}, "evaluation": {"episodes": 1, "every_env_steps": None},
         "checkpoint": {"every_env_steps": 10**9}, "tracking": {"wandb": "disabled"}, "storage": {"path": tmp},
     })
@@ -58,8 +62,8 @@ def raw_env_fps(seconds: float, threads: int) -> float:
     return steps * 4 / (time.perf_counter() - t0)
 
 
-def fleet_fps(ray, seconds: float, overlap: bool) -> float:
-    spec = pong_spec("/tmp", overlap=overlap)
+def fleet_fps(ray, seconds: float, overlap: bool, inference_dtype: str) -> float:
+    spec = pong_spec("/tmp", overlap=overlap, inference_dtype=inference_dtype)
     info = describe_env(spec.env)
     learner = Learner(spec, info)
     weights = ray.put(learner.weights())
@@ -197,9 +201,9 @@ def main() -> None:
     threads = min(ACTORS * ENV_THREADS * 2, os.cpu_count())
     raw = raw_env_fps(args.seconds, threads)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    for overlap in (True, False):
-        fleet = fleet_fps(ray, args.seconds, overlap)
-        print(f"(a) fleet of {ACTORS} actors x {ENVS} envs x {ENV_THREADS} threads, inference on "
+    for overlap, dtype in itertools.product((True, False), ("bfloat16", "float32")):
+        fleet = fleet_fps(ray, args.seconds, overlap, dtype)
+        print(f"(a) fleet of {ACTORS} actors x {ENVS} envs x {ENV_THREADS} threads, {dtype} inference on "
               f"{'GPU' if GPUS_PER_ACTOR else 'CPU'}, {'overlapped' if overlap else 'serial'} stepping: {fleet:,.0f} frames/s "
               f"/ raw AtariVectorEnv ({ACTORS * ENVS} envs, {threads} threads) {raw:,.0f} frames/s = {fleet / raw:.2f} "
               f"(goal >= 0.70)")

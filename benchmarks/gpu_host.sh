@@ -2,8 +2,9 @@
 # The GPU-host check of the DQN (issue 5), as run on one 16-core + 1-GPU machine with no package index:
 #   1. the CUDA-graph learner equals the eager one (tests/test_rl_gpu.py; if it fails, the run below goes eager);
 #   2. benchmarks/dqn_throughput.py (a) fleet / raw env frames/s, (c) replay bytes, (d) learner updates/s;
-#   3. `dl-ray dqn jobs/rl/dqn_pong.yaml` for PONG_SECONDS of training, then its final 30-episode evaluation.
-# Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS] [PONG_OVERRIDES]  ((a): overlapped and serial stepping)
+#   3. `dl-ray dqn jobs/rl/dqn_pong.yaml` for PONG_SECONDS of training (0: skip), then its final 30-episode evaluation.
+# Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS] [PONG_OVERRIDES]  ((a): overlapped and serial stepping,
+# float32 and bfloat16 inference; 1+2 take ~4 min, so with 15 device minutes run 1+2 with PONG_SECONDS=0 first)
 # e.g. bash benchmarks/gpu_host.sh $OUT 270 "--set replay.on_learner=true --set replay.shards=1 --set actors.overlap=true"   (Ray, Gymnasium, ale-py from .gpu-bundle if present:
 # `bash ../shared/gpu-host/bundle.sh .gpu-bundle` on a machine with pip, then carry it over).
 set -uo pipefail
@@ -21,9 +22,10 @@ graph=true
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_rl_gpu.py 2>&1 | tee "$out/gpu_test.log" || graph=false
 echo "cuda_graph=$graph"
 
-timeout 150 python3 benchmarks/dqn_throughput.py --seconds 8 --skip-ours --actors 6 --envs 16 --env-threads 2 \
+timeout 240 python3 benchmarks/dqn_throughput.py --seconds 8 --skip-ours --actors 6 --envs 16 --env-threads 2 \
   --cpus-per-actor 2 --gpus-per-actor 0.05 2>&1 | tee "$out/bench.log"
 
+[ "$seconds" -gt 0 ] || exit 0
 rm -rf /tmp/gpu_runs
 timeout $((seconds + 200)) python3 -m dl_ray.cli dqn jobs/rl/dqn_pong.yaml --set dqn.max_time_s="$seconds" \
   --set learner.cuda_graph=$graph --set dqn.total_env_steps=10000000 --set evaluation.every_env_steps=500000 \

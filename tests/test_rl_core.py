@@ -1,4 +1,5 @@
-"""DQN building blocks without Ray: replay (dedup, index rebuilding, priorities), epsilon, target lag, TD loss."""
+"""DQN building blocks without Ray: replay (dedup, index rebuilding, priorities), epsilon, target lag, TD loss,
+bfloat16 actors."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 
 from dl_ray.rl.learner import Learner
 from dl_ray.rl.replay import FrameReplay, SumTree, split_window
-from dl_ray.rl.runner import apex_epsilon, linear_epsilon
+from dl_ray.rl.runner import EnvRunner, apex_epsilon, linear_epsilon
 from dl_ray.rl.envs import describe_env
 from dl_ray.rl.spec import parse_rl_spec
 
@@ -146,3 +147,21 @@ def test_td_loss_matches_the_bellman_target(double):
         y = b["reward"] + 0.9 * (~b["done"]).float() * q_next_target[torch.arange(32), pick]
         q = learner.net(b["obs"])[torch.arange(32), b["action"]]
     torch.testing.assert_close(loss, ((q - y) ** 2).mean())
+
+
+def test_a_bfloat16_actor_acts_with_the_learner_weights_within_bfloat16_rounding():
+    spec = parse_rl_spec({"name": "t", "env": {"id": "ALE/Pong-v5"}, "model": {"name": "nature_cnn", "dueling": True},
+                          "actors": {"envs_per_actor": 4, "inference_dtype": "bfloat16"}})
+    info = describe_env(spec.env)
+    learner = Learner(spec, info)
+    runner = EnvRunner(spec, info, index=0, seed=0)
+    stats, chunk = runner.collect(learner.weights(), 40, env_steps=0)
+    assert {p.dtype for p in runner.net.parameters()} == {torch.bfloat16} and stats["steps"] == 160
+    obs = torch.from_numpy(runner.obs)  # real Pong stacks after 40 steps
+    with torch.no_grad():
+        q32, q16 = learner.net(obs), runner.net(obs)
+    assert q16.dtype == torch.bfloat16 and not torch.equal(q16.float(), q32)
+    torch.testing.assert_close(q16.float(), q32, rtol=0, atol=0.02 * float(q32.abs().max()))
+    top2 = q32.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 0.04 * float(q32.abs().max())  # greedy choices bfloat16 cannot flip
+    assert torch.equal(q16.argmax(1)[clear], q32.argmax(1)[clear])

@@ -41,7 +41,7 @@ def cartpole(tmp_path, name, total):
 
 def test_short_pong_run_on_two_actors_moves_data_end_to_end(ray_cluster, tmp_path):
     spec = spec_for(tmp_path, "pong", env={"id": "ALE/Pong-v5"}, model={"name": "nature_cnn", "dueling": True},
-                    actors={"overlap": True},
+                    actors={"overlap": True, "inference_dtype": "bfloat16"},
                     dqn={"total_env_steps": 1200, "learning_starts": 400, "replay_ratio": 8, "updates_per_call": 8,
                          "log_every_env_steps": 400},
                     replay={"capacity": 4000, "shards": 2, "prioritized": True},

@@ -53,7 +53,8 @@ class QNetwork(nn.Module):
         self.value = head(1) if cfg.dueling else head(num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = self.features(obs.float() * self.scale if self.scale != 1 else obs.float())
+        x = obs.to(self.value[0].weight.dtype)  # float32, or the dtype an actor casts its copy to
+        x = self.features(x * self.scale if self.scale != 1 else x)
         if self.advantage is None:
             return self.value(x)
         adv = self.advantage(x)

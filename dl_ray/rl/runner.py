@@ -65,7 +65,7 @@ class EnvRunner:
         self.obs, reset_info = self.env.reset(seed=seed)
         self.lives = reset_info.get("lives")
         device = "cuda" if spec.actors.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
-        self.net = build_qnet(spec, info).eval().to(device)
+        self.net = build_qnet(spec, info).eval().to(device, getattr(torch, spec.actors.inference_dtype))
         self.version = -1
         self.rng = np.random.default_rng(seed)
         self.streams = index * n + np.arange(n)
