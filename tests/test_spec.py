@@ -1,6 +1,9 @@
 """Job spec validation: good files load, every malformed spec or override exits 2 with one clear line."""
 from __future__ import annotations
 
+import itertools
+import re
+
 
 import pytest
 import yaml
@@ -41,6 +44,26 @@ def test_shipped_rl_jobs_validate(job):
     spec = load_rl_spec(job)
     check(spec)
     assert spec.to_dict() == parse_rl_spec(spec.to_dict()).to_dict()
+
+
+def laptop_overrides(job) -> list[str]:
+    """The ``--set`` overrides a shipped RL job's header comment gives for a 2-core laptop (none: it fits as is)."""
+    lines = [line for line in job.read_text().splitlines() if line.startswith("#")]
+    start = next((i for i, line in enumerate(lines) if "On a 2-core laptop:" in line), None)
+    if start is None:
+        return []
+    said = [lines[start], *itertools.takewhile(lambda line: line.startswith("#   "), lines[start + 1:])]
+    return re.findall(r"--set (\S+=\S+)", " ".join(said))
+
+
+@pytest.mark.parametrize("job", sorted((ROOT / "jobs" / "rl").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_rl_jobs_run_on_a_2_core_laptop_as_their_header_says(job):
+    from dl_ray.rl.driver import learner_gpus
+    from dl_ray.rl.spec import load_rl_spec
+
+    spec = load_rl_spec(job, laptop_overrides(job))
+    if spec.algorithm == "dqn":
+        assert learner_gpus(spec, {"CPU": 2.0}) == 0 and spec.actors.gpus_per_actor == 0
 
 
 def test_overrides_are_typed_and_nested():

@@ -47,6 +47,27 @@ def check(spec: RLJobSpec) -> EnvInfo:
     return info
 
 
+def learner_gpus(spec: RLJobSpec, resources: dict[str, float]) -> float:
+    """The GPU share the learner takes on a cluster with these resources (0: CPU); CPUs or GPUs the actors and
+    the learner ask for but the cluster lacks are a one-line SpecError."""
+    a, learner = spec.actors, spec.learner
+    want = a.num_actors * a.cpus_per_actor + learner.num_cpus
+    if want > resources.get("CPU", 0):
+        raise SpecError(f"actors.cpus_per_actor: {a.num_actors} actors x {a.cpus_per_actor} + learner.num_cpus "
+                        f"{learner.num_cpus} = {want:g} CPUs, the Ray cluster has {resources.get('CPU', 0):g}; "
+                        f"lower actors.num_actors, actors.cpus_per_actor or learner.num_cpus")
+    gpus = resources.get("GPU", 0)
+    actor_gpus = a.num_actors * a.gpus_per_actor
+    if actor_gpus > gpus:
+        raise SpecError(f"actors.gpus_per_actor: {a.num_actors} actors x {a.gpus_per_actor:g} GPU, the Ray cluster "
+                        f"has {gpus:g} GPUs; use 0 (inference on CPU) or fewer actors")
+    free = min(1.0, gpus - actor_gpus)  # the learner shares a single GPU with the actors' inference
+    if learner.device == "cuda" and free < 0.5:
+        raise SpecError(f"learner.device: cuda, but the Ray cluster has {gpus:g} GPUs ({actor_gpus:g} for the actors); "
+                        "allowed: auto, cpu")
+    return free if learner.device == "cuda" or (learner.device == "auto" and free >= 0.5) else 0
+
+
 def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, Any]:
     raw = spec.to_dict()
     raw["storage"]["path"] = str(spec.run_dir.parent)
@@ -83,7 +104,8 @@ class DQNRun:
         import ray  # [Ray]
 
         self.ray, self.spec, self.info, self.console = ray, spec, info, console
-        self._place(ray.cluster_resources())  # [Ray] before anything is written
+        self.gpus = learner_gpus(spec, ray.cluster_resources())  # [Ray] before anything is written
+        self.device = "cuda" if self.gpus else "cpu"
         self.folder = RunFolder(spec)
         saved = self.folder.open()
         self.counters = dict(saved["counters"]) if saved else {"env_steps": 0, "episodes": 0, "actor_restarts": 0}
@@ -116,25 +138,6 @@ class DQNRun:
         self.evaluating: dict[Any, tuple[int, Any]] = {}  # eval ref -> (env steps, weights ref)
         self.best: dict[str, float] = {}
         self.loss, self.q_mean, self.epsilons = float("nan"), float("nan"), {}
-
-    def _place(self, resources: dict[str, float]) -> None:
-        a, learner = self.spec.actors, self.spec.learner
-        want = a.num_actors * a.cpus_per_actor + learner.num_cpus
-        if want > resources.get("CPU", 0):
-            raise SpecError(f"actors.cpus_per_actor: {a.num_actors} actors x {a.cpus_per_actor} + learner.num_cpus "
-                            f"{learner.num_cpus} = {want:g} CPUs, the Ray cluster has {resources.get('CPU', 0):g}; "
-                            f"lower actors.num_actors, actors.cpus_per_actor or learner.num_cpus")
-        gpus = resources.get("GPU", 0)
-        actor_gpus = a.num_actors * a.gpus_per_actor
-        if actor_gpus > gpus:
-            raise SpecError(f"actors.gpus_per_actor: {a.num_actors} actors x {a.gpus_per_actor:g} GPU, the Ray cluster "
-                            f"has {gpus:g} GPUs; use 0 (inference on CPU) or fewer actors")
-        free = min(1.0, gpus - actor_gpus)  # the learner shares a single GPU with the actors' inference
-        if learner.device == "cuda" and free < 0.5:
-            raise SpecError(f"learner.device: cuda, but the Ray cluster has {gpus:g} GPUs ({actor_gpus:g} for the actors); "
-                            "allowed: auto, cpu")
-        self.gpus = free if learner.device == "cuda" or (learner.device == "auto" and free >= 0.5) else 0
-        self.device = "cuda" if self.gpus else "cpu"
 
     # ------------------------------------------------------------------ the loop
 
