@@ -357,8 +357,12 @@ class DQNRun:
         for actor in self.actors.values():
             self.ray.kill(actor)  # [Ray]
         self.folder.finish(summary)
+        b = self.best
+        best = (f" (best {b['best_eval/return_mean']:.2f} at {b['best_eval/env_steps']:,} env steps: best_weights.pt)"
+                if b and b["best_eval/env_steps"] != summary["env_steps"] else "")
         self.console.print(f"done: {summary['env_steps']:,} env steps, {summary['updates']:,} updates, "
-                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f} → {self.folder.dir}", soft_wrap=True)
+                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f}{best} → {self.folder.dir}",
+                           soft_wrap=True, highlight=False)
         return summary
 
     def _progress(self) -> Progress:
