@@ -11,8 +11,16 @@ import sys
 from rich.console import Console
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes are one line too (``error: ...``, exit 2), pointing at ``--help``."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dl-ray", description="Train every model of the course on Ray, locally or on a cluster.")
+    parser = OneLineParser(prog="dl-ray", description="Train every model of the course on Ray, locally or on a cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     _job_command(sub, "train", "job", "train a job file (resumes when its run folder exists)",
@@ -27,11 +35,18 @@ def main(argv: list[str] | None = None) -> int:
                         "tune.num_samples=4")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep (fails if there is none)")
 
-    # --- dl-ray eval (dl_ray/eval_seq2seq.py): decode a seq2seq run, BLEU, error analysis, attention maps ---
-    evaluate = sub.add_parser("eval", help="decode a trained seq2seq run's test split: exact match, BLEU, error analysis")
+    # --- dl-ray eval: a seq2seq run (dl_ray/eval_seq2seq.py: BLEU, beam search, error analysis, attention maps)
+    #     or an RL run (dl_ray/rl/evaluate.py: the agent plays evaluation episodes again, optional video) ---
+    evaluate = sub.add_parser("eval", help="evaluate a trained run: seq2seq decoding (BLEU, beam, error analysis) "
+                                           "or an RL agent (evaluation episodes, video)")
     evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_JOB", help="run folder (runs/NAME) or its job YAML; several compare")
-    evaluate.add_argument("--beam", type=int, default=3, help="beam width B compared with greedy search (default 3; 1 = greedy only)")
-    evaluate.add_argument("--alpha", type=float, default=0.7, help="length normalisation: rank by sum log P / T^alpha (default 0.7)")
+    evaluate.add_argument("--beam", type=int, help="seq2seq: beam width B compared with greedy search (default 3; 1 = greedy only)")
+    evaluate.add_argument("--alpha", type=float, help="seq2seq: length normalisation, rank by sum log P / T^alpha (default 0.7)")
+    evaluate.add_argument("--episodes", type=int, help="RL: evaluation episodes (default: the job's evaluation.episodes)")
+    evaluate.add_argument("--epsilon", type=float, help="DQN: exploration while evaluating (default: the job's evaluation.epsilon)")
+    evaluate.add_argument("--weights", choices=["best", "last"], help="DQN: the best evaluation's weights (default) or the last checkpoint's")
+    evaluate.add_argument("--video", action="store_true", help="DQN on Atari: also record one game as eval_<weights>.gif")
+    evaluate.add_argument("--seed", type=int, help="RL: seed of the evaluation envs (default: the job's seed + 1)")
 
     # --- dl-ray submit / jobs / cluster (dl_ray/cluster): jobs on a Ray cluster, a local cluster ---
     from dl_ray.cluster import commands as cluster_commands
@@ -51,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dqn":
             return _dqn(args, console)
         if args.command == "eval":
-            from dl_ray.eval_seq2seq import main as evaluate_runs
-
-            return evaluate_runs(args.runs, args.beam, args.alpha, console)
+            return _eval(args, console)
         if args.command == "tune":
             from dl_ray.tune.sweep import command
 
@@ -68,6 +81,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _eval(args: argparse.Namespace, console: Console) -> int:
+    from dl_ray.rl.evaluate import evaluate_run, rl_run_dir
+    from dl_ray.spec import SpecError
+
+    rl_dirs = [rl_run_dir(r) for r in args.runs]
+    rl_flags = [f"--{k}" for k in ("episodes", "epsilon", "weights", "seed") if getattr(args, k) is not None]
+    rl_flags += ["--video"] if args.video else []
+    if all(rl_dirs):
+        if args.beam is not None or args.alpha is not None:
+            raise SpecError("eval: --beam and --alpha decode seq2seq runs; for RL runs use --episodes, --epsilon, --weights, --video, --seed")
+        if args.episodes is not None and args.episodes < 1:
+            raise SpecError(f"eval: --episodes must be >= 1 (got {args.episodes})")
+        if args.epsilon is not None and not 0 <= args.epsilon <= 1:
+            raise SpecError(f"eval: --epsilon must be in [0, 1] (got {args.epsilon})")
+        for run_dir in rl_dirs:
+            evaluate_run(run_dir, args.episodes, args.epsilon, args.weights or "best", args.video, args.seed, console)
+        return 0
+    if any(rl_dirs):
+        raise SpecError("eval: give RL runs or seq2seq runs, not both: " + ", ".join(args.runs))
+    if rl_flags:
+        raise SpecError(f"eval: {', '.join(rl_flags)} evaluate RL runs (dl-ray dqn); for seq2seq runs use --beam and --alpha")
+    from dl_ray.eval_seq2seq import main as evaluate_runs
+
+    return evaluate_runs(args.runs, 3 if args.beam is None else args.beam, 0.7 if args.alpha is None else args.alpha, console)
 
 
 def _job_command(sub, name: str, positional: str, help: str, what: str, example: str) -> argparse.ArgumentParser:

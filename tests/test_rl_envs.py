@@ -78,6 +78,11 @@ def test_bad_env_id_is_one_line_and_exit_2():
     assert code == 2 and err == "error: actors.inference_dtype: Input should be 'float32' or 'bfloat16' (got 'float16')\n"
     code, _, err = cli("dqn", "jobs/rl/dqn_cartpole.yaml", "--set", "evaluation.video=true", "--dry-run")
     assert code == 2 and "evaluation.video records Atari games" in err
+    code, _, err = cli("eval", "runs/none", "--weights", "worst")
+    assert code == 2 and err == ("error: dl-ray eval: argument --weights: invalid choice: 'worst' (choose from 'best', "
+                                 "'last') (see dl-ray eval --help)\n")
+    code, _, err = cli("eval", "jobs/rl/dqn_cartpole.yaml", "--beam", "3")
+    assert code == 2 and err.count("\n") == 1 and "--beam and --alpha decode seq2seq runs" in err
     code, _, err = cli("dqn", "jobs/rl/dqn_pong.yaml", "--set", "replay.on_learner=true", "--dry-run")
     assert code == 2 and err.count("\n") == 1 and "set replay.shards to 1 (got 2)" in err
 
@@ -92,3 +97,11 @@ def test_q_learning_frozenlake_success_rate(tmp_path):
     assert summary["eval/success_rate"] >= 0.70, summary
     assert (tmp_path / "q_learning_frozenlake" / "metrics.csv").read_text().count("\n") >= 50
     assert ROOT.joinpath("jobs/rl/q_learning_frozenlake.yaml").is_file()
+    run = str(tmp_path / "q_learning_frozenlake")
+    code, out, err = cli("eval", run)  # the saved table plays the run's own evaluation again: the same figure
+    assert code == 0, err
+    again = json.loads((tmp_path / "q_learning_frozenlake" / "eval_q_table.json").read_text())
+    assert again["eval/success_rate"] == summary["eval/success_rate"] and again["eval/episodes"] == 1000
+    assert f"success rate {summary['eval/success_rate']:.3f} over 1000 episodes" in out
+    code, _, err = cli("eval", run, "--epsilon", "0.1")
+    assert code == 2 and err.count("\n") == 1 and "a Q-learning run plays its greedy table" in err

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from dl_ray.cli import main as cli_main
 from dl_ray.rl import driver
 from dl_ray.rl.envs import describe_env
 from dl_ray.rl.runner import apex_epsilon, build_qnet
@@ -61,6 +62,9 @@ def test_short_pong_run_on_two_actors_moves_data_end_to_end(ray_cluster, tmp_pat
     assert {"loss", "q_mean", "sps", "env_steps", "eval/return_mean"} <= set(rows.columns)  # no Pong game ends this soon
     assert rows["loss"].notna().any() and (tmp_path / "pong" / "checkpoint" / "state.pt").is_file()
     assert list((tmp_path / "pong" / "wandb").glob("offline-run-*"))  # W&B offline by default
+    assert cli_main(["eval", str(tmp_path / "pong"), "--weights", "last", "--episodes", "1", "--video"]) == 0
+    with Image.open(tmp_path / "pong" / "eval_last.gif") as gif:
+        assert gif.size == (160, 210) and gif.n_frames > 500
 
 
 def test_an_actor_killed_mid_run_is_replaced_and_training_goes_on(ray_cluster, tmp_path):
@@ -152,3 +156,10 @@ def test_the_shipped_cartpole_job_learns_to_balance_within_50k_env_steps(ray_clu
     assert summary["best_eval/return_mean"] >= 450, summary  # random play: ~22
     best = torch.load(tmp_path / "dqn_cartpole" / "best_weights.pt", weights_only=False)
     assert set(best["state"]) == set(build_qnet(spec, describe_env(spec.env)).state_dict())
+    # dl-ray eval plays the best weights again: with that evaluation's seed, exactly its figure
+    run, seed = tmp_path / "dqn_cartpole", spec.seed + 7_777 + summary["best_eval/env_steps"]
+    assert cli_main(["eval", str(run), "--seed", str(seed)]) == 0
+    again = json.loads((run / "eval_best.json").read_text())
+    assert again["eval/return_mean"] == summary["best_eval/return_mean"] and again["eval/episodes"] == 100
+    assert cli_main(["eval", str(run), "--weights", "last", "--episodes", "5", "--epsilon", "0"]) == 0
+    assert json.loads((run / "eval_last.json").read_text())["eval/episodes"] == 5

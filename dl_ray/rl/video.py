@@ -17,9 +17,11 @@ from dl_ray.rl.runner import Weights, build_qnet, greedy_actions, load_weights
 from dl_ray.rl.spec import RLJobSpec
 
 
-def record_episode(spec: RLJobSpec, info: EnvInfo, weights: Weights, seed: int,
+def record_episode(spec: RLJobSpec, info: EnvInfo, weights: Weights, seed: int, epsilon: float | None = None,
                    max_steps: int = 5_000) -> tuple[bytes, dict[str, float]]:
-    """Play one game (at most ``max_steps`` agent steps): the GIF's bytes, and its raw return and length."""
+    """Play one game (at most ``max_steps`` agent steps) with ``epsilon`` (default: the evaluation's): the GIF's
+    bytes, and its raw return and length."""
+    epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
     env = make_reference_env(spec.env, noop_max=spec.env.noop_max, render_mode="rgb_array")
     net = build_qnet(spec, info).eval()
     load_weights(net, weights)
@@ -30,7 +32,7 @@ def record_episode(spec: RLJobSpec, info: EnvInfo, weights: Weights, seed: int,
         obs, *_ = env.step(meanings.index("FIRE"))
     frames, total, steps = [env.render()], 0.0, 0
     while steps < max_steps:
-        action = greedy_actions(net, np.asarray(obs)[None], spec.evaluation.epsilon, rng)[0]
+        action = greedy_actions(net, np.asarray(obs)[None], epsilon, rng)[0]
         obs, reward, terminated, truncated, _ = env.step(int(action))
         total, steps = total + float(reward), steps + 1
         frames.append(env.render())

@@ -1,0 +1,99 @@
+"""``dl-ray eval`` of an RL run: the trained agent plays N evaluation episodes again, in this process (no Ray).
+
+DQN: the best evaluation's weights (``best_weights.pt``) or the last checkpoint's, whole games with no-op
+starts and the evaluation epsilon, raw rewards, exactly the training run's evaluation protocol; ``--video``
+(Atari) records one game as a GIF. Tabular Q-learning: greedy play of ``q_table.npy``. With the seed the run
+used, the figures equal the run's own (tests check it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from dl_ray.rl.envs import describe_env
+from dl_ray.rl.runner import Weights, evaluate
+from dl_ray.rl.spec import RLJobSpec, SpecError, load_rl_spec, parse_rl_spec
+
+
+def rl_run_dir(target: str | Path) -> Path | None:
+    """The run folder of an RL run given as its folder or its job file (a spec naming an RL algorithm), else None."""
+    path = Path(target)
+    spec = path / "spec.yaml" if path.is_dir() else path
+    try:
+        raw = yaml.safe_load(spec.read_text()) if spec.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or "algorithm" not in raw:
+        return None
+    return path.absolute() if path.is_dir() else load_rl_spec(path).run_dir
+
+
+def load_weights_file(run_dir: Path, which: str) -> Weights:
+    """``best``: the best evaluation's weights; ``last``: the online network of the latest checkpoint."""
+    if which == "best":
+        path = run_dir / "best_weights.pt"
+        if not path.is_file():
+            raise SpecError(f"eval: --weights best: {run_dir} has no best_weights.pt (no evaluation finished yet); use --weights last")
+        return torch.load(path, weights_only=False)
+    path = run_dir / "checkpoint" / "state.pt"
+    if not path.is_file():
+        raise SpecError(f"eval: --weights last: {run_dir} has no checkpoint/state.pt yet; run the job first")
+    learner = torch.load(path, map_location="cpu", weights_only=False)["learner"]
+    return {"version": learner["updates"], "state": {k: v.numpy() for k, v in learner["net"].items()}}
+
+
+def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | None, weights: str, video: bool,
+                 seed: int | None, console: Console) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "spec.yaml").is_file():
+        raise SpecError(f"eval: {run_dir} holds no run (no spec.yaml); run it first: dl-ray dqn JOB")
+    spec: RLJobSpec = parse_rl_spec(yaml.safe_load((run_dir / "spec.yaml").read_text()))
+    info = describe_env(spec.env)
+    seed = spec.seed + 1 if seed is None else seed
+    episodes = episodes or (spec.q_learning.eval_episodes if spec.algorithm == "q_learning" else spec.evaluation.episodes)
+    if spec.algorithm == "q_learning":
+        if epsilon is not None or video or weights != "best":
+            raise SpecError("eval: --epsilon, --weights and --video are for DQN runs; a Q-learning run plays its greedy table")
+        from dl_ray.rl.tabular import evaluate_table, make_env
+
+        q_table = run_dir / "q_table.npy"
+        if not q_table.is_file():
+            raise SpecError(f"eval: {run_dir} has no q_table.npy yet; run the job first")
+        result = evaluate_table(make_env(spec.env), np.load(q_table), episodes, seed)
+        what = "greedy Q-table"
+    else:
+        if video and not spec.env.is_atari:
+            raise SpecError(f"eval: --video records Atari games (ALE/...); {spec.env.id} has no video here")
+        epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
+        state = load_weights_file(run_dir, weights)
+        threads = torch.get_num_threads()
+        try:  # one thread, as the run's own evaluations: the same seed gives the same figures
+            result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1) | {"eval/epsilon": epsilon}
+        finally:
+            torch.set_num_threads(threads)
+        what = f"{weights} weights (after {state['version']:,} updates), epsilon {epsilon:g}"
+        if video:
+            from dl_ray.rl.video import record_episode
+
+            gif, played = record_episode(spec, info, state, seed, epsilon)
+            (run_dir / f"eval_{weights}.gif").write_bytes(gif)
+            result |= played
+    result |= {"weights": weights if spec.algorithm == "dqn" else "q_table", "seed": seed}
+    (run_dir / f"eval_{result['weights']}.json").write_text(json.dumps(result, indent=1))
+    line = f"{spec.name}: {what}: return {result['eval/return_mean']:.2f}"
+    if "eval/return_std" in result:
+        line += f" ± {result['eval/return_std']:.2f}"
+    if "eval/success_rate" in result:
+        line += f", success rate {result['eval/success_rate']:.3f}"
+    console.print(f"{line} over {episodes} episodes (seed {seed}) → {run_dir / ('eval_' + result['weights'] + '.json')}",
+                  highlight=False, soft_wrap=True)
+    if video:
+        console.print(f"video of one game (return {result['video/return']:.0f}, {result['video/steps']:,} steps) → "
+                      f"{run_dir / f'eval_{weights}.gif'}", highlight=False, soft_wrap=True)
+    return result
