@@ -50,50 +50,55 @@ def load_weights_file(run_dir: Path, which: str) -> Weights:
 
 def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | None, weights: str, video: bool,
                  seed: int | None, console: Console) -> dict[str, Any]:
+    """Evaluate one RL run folder; prints one line (two with a video) and writes ``eval_<weights>.json``."""
     run_dir = Path(run_dir)
     if not (run_dir / "spec.yaml").is_file():
         raise SpecError(f"eval: {run_dir} holds no run (no spec.yaml); run it first: dl-ray dqn JOB")
     spec: RLJobSpec = parse_rl_spec(yaml.safe_load((run_dir / "spec.yaml").read_text()))
-    info = describe_env(spec.env)
     seed = spec.seed + 1 if seed is None else seed
-    episodes = episodes or (spec.q_learning.eval_episodes if spec.algorithm == "q_learning" else spec.evaluation.episodes)
     if spec.algorithm == "q_learning":
         if epsilon is not None or video or weights != "best":
             raise SpecError("eval: --epsilon, --weights and --video are for DQN runs; a Q-learning run plays its greedy table")
-        from dl_ray.rl.tabular import evaluate_table, make_env
-
-        q_table = run_dir / "q_table.npy"
-        if not q_table.is_file():
-            raise SpecError(f"eval: {run_dir} has no q_table.npy yet; run the job first")
-        result = evaluate_table(make_env(spec.env), np.load(q_table), episodes, seed)
-        what = "greedy Q-table"
+        result, what = _play_table(spec, run_dir, episodes or spec.q_learning.eval_episodes, seed)
     else:
-        if video and not spec.env.is_atari:
-            raise SpecError(f"eval: --video records Atari games (ALE/...); {spec.env.id} has no video here")
-        epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
-        state = load_weights_file(run_dir, weights)
-        threads = torch.get_num_threads()
-        try:  # one thread, as the run's own evaluations: the same seed gives the same figures
-            result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1) | {"eval/epsilon": epsilon}
-        finally:
-            torch.set_num_threads(threads)
-        what = f"{weights} weights (after {state['version']:,} updates), epsilon {epsilon:g}"
-        if video:
-            from dl_ray.rl.video import record_episode
-
-            gif, played = record_episode(spec, info, state, seed, epsilon)
-            (run_dir / f"eval_{weights}.gif").write_bytes(gif)
-            result |= played
-    result |= {"weights": weights if spec.algorithm == "dqn" else "q_table", "seed": seed}
-    (run_dir / f"eval_{result['weights']}.json").write_text(json.dumps(result, indent=1))
+        result, what = _play_dqn(spec, run_dir, episodes or spec.evaluation.episodes, seed, epsilon, weights, video)
+    out = run_dir / f"eval_{result['weights']}.json"
+    out.write_text(json.dumps(result | {"seed": seed}, indent=1))
     line = f"{spec.name}: {what}: return {result['eval/return_mean']:.2f}"
-    if "eval/return_std" in result:
-        line += f" ± {result['eval/return_std']:.2f}"
-    if "eval/success_rate" in result:
-        line += f", success rate {result['eval/success_rate']:.3f}"
-    console.print(f"{line} over {episodes} episodes (seed {seed}) → {run_dir / ('eval_' + result['weights'] + '.json')}",
-                  highlight=False, soft_wrap=True)
+    line += f" ± {result['eval/return_std']:.2f}" if "eval/return_std" in result else ""
+    line += f", success rate {result['eval/success_rate']:.3f}" if "eval/success_rate" in result else ""
+    console.print(f"{line} over {result['eval/episodes']} episodes (seed {seed}) → {out}", highlight=False, soft_wrap=True)
     if video:
         console.print(f"video of one game (return {result['video/return']:.0f}, {result['video/steps']:,} steps) → "
                       f"{run_dir / f'eval_{weights}.gif'}", highlight=False, soft_wrap=True)
     return result
+
+
+def _play_table(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int) -> tuple[dict[str, Any], str]:
+    from dl_ray.rl.tabular import evaluate_table, make_env
+
+    q_table = run_dir / "q_table.npy"
+    if not q_table.is_file():
+        raise SpecError(f"eval: {run_dir} has no q_table.npy yet; run the job first")
+    return evaluate_table(make_env(spec.env), np.load(q_table), episodes, seed) | {"weights": "q_table"}, "greedy Q-table"
+
+
+def _play_dqn(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int, epsilon: float | None, weights: str,
+              video: bool) -> tuple[dict[str, Any], str]:
+    if video and not spec.env.is_atari:
+        raise SpecError(f"eval: --video records Atari games (ALE/...); {spec.env.id} has no video here")
+    epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
+    state, info = load_weights_file(run_dir, weights), describe_env(spec.env)
+    threads = torch.get_num_threads()
+    try:  # one thread, as the run's own evaluations: the same seed gives the same figures
+        result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    result |= {"weights": weights, "eval/epsilon": epsilon}
+    if video:
+        from dl_ray.rl.video import record_episode
+
+        gif, played = record_episode(spec, info, state, seed, epsilon)
+        (run_dir / f"eval_{weights}.gif").write_bytes(gif)
+        result |= played
+    return result, f"{weights} weights (after {state['version']:,} updates), epsilon {epsilon:g}"
