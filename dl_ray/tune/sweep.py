@@ -220,11 +220,22 @@ def _scheduler(sweep: Sweep, job: JobSpec):
         return ASHAScheduler(time_attr="epoch", max_t=max(job.training.epochs - 1, s.grace_period), grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, stop_last_trials=False)
     if s.name == "pbt":
+        from ray.tune.schedulers import TrialScheduler
+
+        class BudgetedPBT(PopulationBasedTraining):
+            """Ray's PBT without an exploit at a trial's last epoch: it would turn the finished trial into a copy
+            of its donor that never trains with its explored values (Ray's PBT does not know the epoch budget)."""
+
+            def on_trial_result(self, tune_controller, trial, result):
+                if result.get("epoch", 0) >= trial.config.get("training.epochs", job.training.epochs):
+                    return TrialScheduler.CONTINUE
+                return super().on_trial_result(tune_controller, trial, result)
+
         mutations = {k: list(d.args) if d.kind in ("choice", "grid") else d.to_ray() for k, d in sweep.space.items()}
-        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=s.perturbation_interval,
-                                       hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                                       resample_probability=s.resample_probability,
-                                       custom_explore_fn=functools.partial(_clip_to_space, sweep.space))
+        return BudgetedPBT(time_attr="epoch", perturbation_interval=s.perturbation_interval,
+                           hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
+                           resample_probability=s.resample_probability,
+                           custom_explore_fn=functools.partial(_clip_to_space, sweep.space))
     return FIFOScheduler()
 
 
