@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import re
 
-
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings

@@ -20,16 +20,19 @@ from dl_ray.rl.envs import describe_env
 from dl_ray.rl.runner import Weights, evaluate
 from dl_ray.rl.spec import RLJobSpec, SpecError, load_rl_spec, parse_rl_spec
 
+RL_SECTIONS = {"algorithm", "env", "dqn", "actors", "q_learning"}
+"""Sections only an RL job has (a run folder's resolved spec always names its algorithm)."""
+
 
 def rl_run_dir(target: str | Path) -> Path | None:
-    """The run folder of an RL run given as its folder or its job file (a spec naming an RL algorithm), else None."""
+    """The run folder of an RL run given as its folder or its job file, else None."""
     path = Path(target)
     spec = path / "spec.yaml" if path.is_dir() else path
     try:
         raw = yaml.safe_load(spec.read_text()) if spec.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):
         return None
-    if not isinstance(raw, dict) or "algorithm" not in raw:
+    if not isinstance(raw, dict) or not RL_SECTIONS & raw.keys():
         return None
     return path.absolute() if path.is_dir() else load_rl_spec(path).run_dir
 

@@ -19,8 +19,8 @@ from dl_ray.tracking import History, WandbRun, write_summary
 
 # Fields that may change when a run is started again (it resumes); anything else needs a new storage.name.
 RESUMABLE = ("dqn.total_env_steps", "dqn.max_time_s", "q_learning.episodes", "actors.num_actors", "actors.cpus_per_actor",
-             "actors.env_threads", "actors.overlap", "actors.gpus_per_actor", "learner", "evaluation", "checkpoint", "tracking",
-             "storage.path")
+             "actors.env_threads", "actors.overlap", "actors.gpus_per_actor", "actors.inference_dtype", "learner", "evaluation",
+             "checkpoint", "tracking", "storage.path")
 
 
 class RunFolder:
