@@ -148,8 +148,9 @@ def test_replay_on_the_learner_holds_the_ratio_and_resumes_with_its_replay(ray_c
 
 def test_the_shipped_cartpole_job_learns_to_balance_within_50k_env_steps(ray_cluster, tmp_path):
     """The issue's CartPole figure is >= 475 over 100 evaluation episodes within 50k env steps: the best of the
-    job's 10 evaluations was 477-500 in 5 runs on 2 cores, and 362 in one CI run, so this asserts that it learned
-    (>= 250; random play ~22). DQN's last evaluation swings (49-500): the best evaluation's weights are kept."""
+    job's 20 evaluations reached it in 13 of 14 runs on 2 cores (the 14th 474.8; with 10 evaluations, one CI
+    run's best was 189), so this asserts that it learned (>= 250; random play ~22). Evaluations swing (100-500 from
+    one to the next): the best evaluation's weights are kept."""
     spec = load_rl_spec(ROOT / "jobs" / "rl" / "dqn_cartpole.yaml", [f"storage.path={tmp_path}", "tracking.wandb=disabled"])
     summary = driver.run(spec, Console(file=open(os.devnull, "w")))
     assert summary["env_steps"] <= 50_000 + 8 * 32 and summary["eval/episodes"] == 100
