@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 
 from dl_ray.rl.envs import describe_env
+from dl_ray.rl.outputs import load_checkpoint
 from dl_ray.rl.runner import Weights, evaluate
 from dl_ray.rl.spec import RLJobSpec, SpecError, load_rl_spec, parse_rl_spec
 
@@ -44,10 +45,10 @@ def load_weights_file(run_dir: Path, which: str) -> Weights:
         if not path.is_file():
             raise SpecError(f"eval: --weights best: {run_dir} has no best_weights.pt (no evaluation finished yet); use --weights last")
         return torch.load(path, weights_only=False)
-    path = run_dir / "checkpoint" / "state.pt"
-    if not path.is_file():
+    saved = load_checkpoint(run_dir, replay=False)
+    if saved is None:
         raise SpecError(f"eval: --weights last: {run_dir} has no checkpoint/state.pt yet; run the job first")
-    learner = torch.load(path, map_location="cpu", weights_only=False)["learner"]
+    learner = saved["learner"]
     return {"version": learner["updates"], "state": {k: v.numpy() for k, v in learner["net"].items()}}
 
 

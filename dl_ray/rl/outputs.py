@@ -68,18 +68,23 @@ class RunFolder:
         shutil.rmtree(old, ignore_errors=True)
 
     def load(self) -> dict[str, Any] | None:
-        for folder in (self.checkpoint_dir, self.dir / "checkpoint.old"):  # .old: killed between the two renames
-            if (folder / "state.pt").is_file():
-                state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-                state["replay"] = [dict(np.load(p)) for p in sorted(folder.glob("replay_*.npz"))]
-                return state
-        return None
+        return load_checkpoint(self.dir)
 
     def finish(self, summary: dict[str, Any]) -> None:
         write_summary(self.dir, summary)
         plot_returns(self.dir / "metrics.csv", self.dir / "curves.png")
         if self.wandb:
             self.wandb.finish({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+
+
+def load_checkpoint(run_dir: Path, replay: bool = True) -> dict[str, Any] | None:
+    """The run's last checkpoint (learner, counters, spec; ``replay``: its saved shards too), or None."""
+    for folder in (run_dir / "checkpoint", run_dir / "checkpoint.old"):  # .old: killed between the two renames
+        if (folder / "state.pt").is_file():
+            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+            state["replay"] = [dict(np.load(p)) for p in sorted(folder.glob("replay_*.npz"))] if replay else []
+            return state
+    return None
 
 
 def plot_returns(csv_path: Path, png: Path) -> None:
