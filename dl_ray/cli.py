@@ -126,6 +126,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     spec = load_spec(args.job, args.overrides)
     if args.dry_run:
         return _print_spec(spec, console)
+    if spec.scaling.num_workers > 0:  # Ray Train workers join RAY_ADDRESS: a bad one is refused before the run folder is made
+        from dl_ray.ray_address import driver_address
+
+        driver_address()
     from dl_ray.train.runner import run
 
     run(spec, console, verbose=args.verbose)

@@ -2,8 +2,10 @@
 
 A family registers its builders with ``@register_model("name", Config)``; the
 config is a pydantic model whose fields (with their docstrings) are what a job
-file may set under ``model:``. Duplicate names are refused so two files can
-never silently shadow each other.
+file may set under ``model:``; ``kind=`` names the job kind it belongs to
+(supervised by default; dqn for Q-networks; autoencoder, vae, gan...), so a
+job of another kind naming it is one clear error. Duplicate names are refused
+so two files can never silently shadow each other.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class Entry(Generic[T]):
     build: Callable[..., T]
     config: type[BaseModel]
     doc: str
+    kind: str = ""
 
 
 class Registry(Generic[T]):
@@ -28,12 +31,12 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, config: type[BaseModel]) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, config: type[BaseModel], kind: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
         def add(build: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = (build.__doc__ or "").strip().splitlines()
-            self._entries[name] = Entry(name, build, config, doc[0] if doc else "")
+            self._entries[name] = Entry(name, build, config, doc[0] if doc else "", kind)
             return build
 
         return add
@@ -44,11 +47,16 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+    def names(self, kind: str | None = None) -> list[str]:
+        """Every registered name, or those of one kind."""
+        return sorted(n for n, e in self._entries.items() if kind is None or e.kind == kind)
 
 
 MODELS: Registry[Any] = Registry("model")
 DATASETS: Registry[Any] = Registry("dataset")
-register_model = MODELS.register
 register_dataset = DATASETS.register
+
+
+def register_model(name: str, config: type[BaseModel], kind: str = "supervised"):
+    """``@register_model("lenet5", LeNetConfig)``: a model builder of a job kind (supervised by default)."""
+    return MODELS.register(name, config, kind)

@@ -41,34 +41,38 @@ def final_table(summary: dict[str, Any]) -> Table:
 
 def print_report(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
     console.print(final_table(summary))
-    console.print(bias_variance(summary["final"], summary["task"]))
+    if summary.get("kind", "supervised") == "supervised":
+        console.print(bias_variance(summary["final"], summary["task"]))
     if summary.get("best_epoch"):
         console.print(f"best epoch {summary['best_epoch']} (early-stopping metric {summary['best_metric']:.4f})")
     console.print(f"run folder: {run_dir}  (metrics.csv, curves.png, checkpoints, wandb/)")
 
 
-def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
-    """Loss, accuracy and learning rate against epoch, train vs validation."""
+def plot_curves(metrics_csv: Path, out_png: Path, max_panels: int = 4) -> Path | None:
+    """The task's first metrics (loss and accuracy first) and the learning rate(s) against epoch, train vs validation."""
     if not metrics_csv.is_file():
         return None
-    import matplotlib
+    from dl_ray.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     with metrics_csv.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return None
     epochs = [int(r["epoch"]) for r in rows]
-    panels = [p for p in ("loss", "accuracy") if f"train/{p}" in rows[0]] + ["lr"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
-    for ax, panel in zip(axes, panels):
-        series = [("lr", "learning rate")] if panel == "lr" else [(f"train/{panel}", "train"), (f"val/{panel}", "validation")]
+    names = {k.split("/", 1)[1] for k in rows[0] if k.startswith(("train/", "val/"))}
+    panels = sorted(names, key=lambda n: (n != "loss", n != "accuracy", n))[:max_panels] + ["lr"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "lr":
+            series = [(k, k.replace("lr/", "") if k != "lr" else "learning rate") for k in rows[0] if k == "lr" or k.startswith("lr/")]
+        else:
+            series = [(f"{split}/{panel}", label) for split, label in (("train", "train"), ("val", "validation"))
+                      if f"{split}/{panel}" in rows[0]]
         for key, label in series:
-            ax.plot(epochs, [float(r[key]) for r in rows], marker=".", label=label)
+            ax.plot(epochs, [float(r[key]) if r.get(key) else float("nan") for r in rows], marker=".", label=label)
         ax.set(title=panel, xlabel="epoch")
-        if panel == "loss":
+        if panel == "loss" and all(float(r[k]) > 0 for r in rows for k, _ in series if r.get(k)):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()

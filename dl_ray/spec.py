@@ -13,17 +13,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from dl_ray import kinds
 from dl_ray.data import DataConfig
+from dl_ray.errors import RunError, SpecError  # noqa: F401  (re-exported: dl_ray.spec.SpecError)
 from dl_ray.models import ModelConfig
 from dl_ray.registry import DATASETS, MODELS, Registry
-
-
-class SpecError(ValueError):
-    """A bad job file or override. The CLI prints it on one line and exits with code 2."""
-
-
-class RunError(RuntimeError):
-    """A run that started but could not finish. The CLI prints it on one line and exits with code 1."""
 
 
 class Section(BaseModel):
@@ -64,14 +58,11 @@ class ScheduleSpec(Section):
 class EarlyStoppingSpec(Section):
     patience: int | None = Field(None, ge=1)
     """Stop after this many epochs without improvement of ``metric``; null = off."""
-    metric: Literal["val/loss", "val/accuracy"] = "val/loss"
-    """Validation metric watched; the best checkpoint by it is always kept."""
+    metric: str = "val/loss"
+    """Validation metric watched (any val/<name> the task reports: val/loss, val/accuracy, val/elbo, ...);
+    the best checkpoint by it is always kept. Whether lower or higher is better is the task's to say."""
     min_delta: float = Field(0.0, ge=0)
     """Smallest change that counts as an improvement."""
-
-    @property
-    def mode(self) -> Literal["min", "max"]:
-        return "min" if self.metric.endswith("loss") else "max"
 
 
 class AugmentSpec(Section):
@@ -196,10 +187,15 @@ class RunFolder:
 class JobSpec(RunFolder, Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.')."""
+    kind: kinds.TrainKind = "supervised"
+    """What is trained (dl-ray train): supervised | autoencoder | vae | gan; the model must be of this kind."""
     description: str = ""
     model: SerializeAsAny[ModelConfig]
     data: SerializeAsAny[DataConfig]
     optimizer: OptimizerSpec = OptimizerSpec()
+    """The optimizer of a model that has one."""
+    optimizers: dict[str, OptimizerSpec] | None = None
+    """Named optimizers of a model that has several, e.g. a GAN's {generator: {...}, discriminator: {...}}."""
     schedule: ScheduleSpec = ScheduleSpec()
     regularization: RegularizationSpec = RegularizationSpec()
     training: TrainingSpec = TrainingSpec()
@@ -301,32 +297,40 @@ def refuse_other_spec(run_dir: Path, spec: dict[str, Any], resumable: tuple[str,
 
 def parse_spec(raw: dict) -> JobSpec:
     raw = dict(raw)
-    raw["model"] = _parse_named(raw.get("model"), "model", MODELS)
-    raw["data"] = _parse_named(raw.get("data"), "data", DATASETS)
+    kind = kinds.require(raw, "train")
+    raw["model"] = parse_named(raw.get("model"), "model", MODELS, kind)
+    raw["data"] = parse_named(raw.get("data"), "data", DATASETS)
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_describe(e, JobSpec, "")) from None
+        raise SpecError(describe(e, JobSpec, "")) from None
 
 
-def _parse_named(section: Any, field: str, registry: Registry) -> BaseModel:
+def parse_named(section: Any, field: str, registry: Registry, kind: str | None = None) -> BaseModel:
+    """A ``{name: ..., fields...}`` section validated by the config its registry entry names.
+
+    With ``kind``, only the entries of that job kind are allowed (a Q-network is no supervised model)."""
+    allowed = registry.names(kind)
     if section is None:
-        raise SpecError(f"{field}: missing section; it needs at least a name ({', '.join(registry.names())})")
+        raise SpecError(f"{field}: missing section; it needs at least a name ({', '.join(allowed)})")
     if not isinstance(section, dict):
         raise SpecError(f"{field}: expected a mapping with a name, got {section!r}")
     name = section.get("name")
+    if isinstance(name, str) and name in registry and name not in allowed:
+        raise SpecError(f"{field}.name: {name} is a {registry[name].kind} {registry.kind}, and this is a {kind} job; "
+                        f"allowed: {', '.join(allowed)} (or set kind: {registry[name].kind})")
     if not isinstance(name, str) or name not in registry:
-        hint = difflib.get_close_matches(str(name), registry.names(), n=1)
+        hint = difflib.get_close_matches(str(name), allowed, n=1)
         maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise SpecError(f"{field}.name: unknown {registry.kind} {name!r}{maybe}; allowed: {', '.join(registry.names())}")
+        raise SpecError(f"{field}.name: unknown {registry.kind} {name!r}{maybe}; allowed: {', '.join(allowed)}")
     config = registry[name].config
     try:
         return config.model_validate(section)
     except ValidationError as e:
-        raise SpecError(_describe(e, config, f"{field}.")) from None
+        raise SpecError(describe(e, config, f"{field}.")) from None
 
 
-def _describe(error: ValidationError, root: type[BaseModel], prefix: str) -> str:
+def describe(error: ValidationError, root: type[BaseModel], prefix: str) -> str:
     """One line naming each bad path, the problem, the value given and the allowed keys."""
     lines = []
     for err in error.errors(include_url=False):

@@ -97,6 +97,13 @@ class WandbRun:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
+    def log_images(self, paths: list[Path], step: int) -> None:
+        """PNG artifacts of a task (samples, reconstructions) as W&B images, keyed by file name."""
+        if self.run is not None and paths:
+            import wandb
+
+            self.run.log({f"images/{Path(p).stem}": wandb.Image(str(p)) for p in paths}, step=step)
+
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         if self.run is not None:
             if summary:

@@ -83,9 +83,10 @@ def test_a_zip_over_rays_limit_is_refused_naming_the_biggest_folders(tmp_path, m
 
 @pytest.mark.parametrize("raw, command", [
     ({"model": {}, "data": {}}, "train"),
-    ({"model": {}, "tune": {"space": {}}}, "tune"),
-    ({"algorithm": "dqn", "env": {"id": "CartPole-v1"}}, "dqn"),
-    ({"algorithm": "q_learning"}, "dqn"),
+    ({"kind": "gan", "model": {}}, "train"),
+    ({"kind": "sweep", "model": {}, "tune": {"space": {}}}, "tune"),
+    ({"kind": "dqn", "env": {"id": "CartPole-v1"}}, "dqn"),
+    ({"kind": "q_learning"}, "dqn"),
 ])
 def test_the_command_is_read_from_the_job_file(raw, command):
     assert detect_command(raw) == command

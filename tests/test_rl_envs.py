@@ -72,7 +72,7 @@ def test_bad_env_id_is_one_line_and_exit_2():
     assert code == 2 and "nature_cnn needs image observations" in err
     code, _, err = cli("dqn", "jobs/rl/dqn_cartpole.yaml", "--set", "actors.exploration.schedule=cosine")
     assert code == 2 and "actors.exploration.schedule" in err and "'apex'" in err
-    code, _, err = cli("dqn", "jobs/rl/q_learning_frozenlake.yaml", "--set", "algorithm=dqn")
+    code, _, err = cli("dqn", "jobs/rl/q_learning_frozenlake.yaml", "--set", "kind=dqn")
     assert code == 2 and "dqn needs a model section" in err
     code, _, err = cli("dqn", "jobs/rl/dqn_cartpole.yaml", "--set", "actors.inference_dtype=float16", "--dry-run")
     assert code == 2 and err == "error: actors.inference_dtype: Input should be 'float32' or 'bfloat16' (got 'float16')\n"

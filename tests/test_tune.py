@@ -162,7 +162,7 @@ def test_evaluate_trials_score_one_checkpoint_with_each_setting(ray_up, tmp_path
     assert main(["train", str(job)]) == 0
     trained = yaml.safe_load((tmp_path / "trained" / "summary.json").read_text())["final"]
     sweep = tmp_path / "activation.yaml"
-    sweep.write_text(yaml.safe_dump({"tune": {
+    sweep.write_text(yaml.safe_dump({"kind": "sweep", "tune": {
         "trial": "evaluate", "checkpoint": str(tmp_path / "trained"), "metric": "val/accuracy", "search": "grid",
         "num_samples": 1, "space": {"model.activation": {"grid": ["relu", "tanh"]}}}}))
     assert tune(str(sweep), "--set", f"storage.path={tmp_path}") == 0

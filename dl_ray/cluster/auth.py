@@ -49,8 +49,12 @@ def auth_headers() -> dict[str, str]:
 
 
 def resolve_address(flag: str | None, spec_address: str | None = None) -> str:
-    """``--address``, else ``RAY_ADDRESS``, else the job file's ``cluster.address``; as an http(s) URL."""
-    address = flag or os.environ.get("RAY_ADDRESS") or spec_address
+    """``--address``, else ``RAY_ADDRESS`` (empty: unset), else the job file's ``cluster.address``; as an http(s) URL."""
+    from dl_ray.ray_address import DASHBOARD_FORMS, from_env, is_dashboard_address
+
+    env = from_env()
+    address = flag or env or spec_address
+    source = "--address" if flag else "RAY_ADDRESS" if env else "cluster.address"
     if not address:
         raise ClusterError("no cluster address: pass --address http://127.0.0.1:8265, export RAY_ADDRESS, or set "
                            "cluster.address in the job file (`dl-ray cluster up` starts a local cluster)")
@@ -59,4 +63,6 @@ def resolve_address(flag: str | None, spec_address: str | None = None) -> str:
         raise ClusterError(f"address {address!r} is a Ray core/client address; Jobs use the dashboard's HTTP address, "
                            f"e.g. http://127.0.0.1:{DEFAULT_DASHBOARD_PORT} (reach a remote one with `ray dashboard` "
                            "or `kubectl port-forward`)")
+    if not is_dashboard_address(address):
+        raise ClusterError(f"{source}={address!r} is not a Ray dashboard address; allowed: {DASHBOARD_FORMS}")
     return address if "://" in address else f"http://{address}"

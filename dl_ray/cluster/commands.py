@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ def add_commands(sub) -> None:
     submit.add_argument("--gpus", type=int, metavar="N", help="train on N GPUs: N Ray Train workers with one GPU each")
     submit.add_argument("--workers", type=int, metavar="N", help="train on N Ray Train workers (CPU unless --gpus)")
     submit.add_argument("--command", dest="job_command", help="the dl-ray command that runs the job (default: from the file: "
-                                          "a tune: section -> tune, env/algorithm -> dqn, else train)")
+                                          "its kind: sweep -> tune, dqn/q_learning -> dqn, else train)")
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends (exit 1 unless it succeeds)")
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow or stop submitted jobs")
@@ -137,9 +136,10 @@ def _address(args, raw: dict | None = None) -> str:
     """--address, RAY_ADDRESS, the job's cluster.address, else the cluster `dl-ray cluster up` started here."""
     from dl_ray.cluster import local
     from dl_ray.cluster.auth import resolve_address
+    from dl_ray.ray_address import from_env
 
     spec_address = ((raw or {}).get("cluster") or {}).get("address")
-    if not (args.address or os.environ.get("RAY_ADDRESS") or spec_address):
+    if not (args.address or from_env() or spec_address):  # an empty RAY_ADDRESS is unset
         here = local.LocalCluster.load(local.DEFAULT_FOLDER)
         spec_address = here.address if here else None
     return resolve_address(args.address, spec_address)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dl_ray.spec import SpecError, StorageSpec, _describe
+from dl_ray.spec import SpecError, StorageSpec, describe
 
 SCRATCH = "/tmp/dl_ray-storage"  # per-node folder a bucket-backed run writes to (the same path on every node)
 
@@ -28,7 +28,7 @@ def storage_of(raw: dict[str, Any]) -> StorageSpec:
     try:
         return StorageSpec.model_validate(raw.get("storage") or {})
     except ValidationError as e:
-        raise SpecError(_describe(e, StorageSpec, "storage.")) from None
+        raise SpecError(describe(e, StorageSpec, "storage.")) from None
 
 
 def scratch_for(uri: str) -> str:

@@ -19,13 +19,13 @@ from typing import Any
 
 import yaml
 
+from dl_ray import kinds
 from dl_ray.cluster import package, storage
 from dl_ray.cluster.client import connect, explained
 from dl_ray.cluster.local import alive_nodes
 from dl_ray.spec import SpecError, StorageSpec, apply_override, read_mapping
 
 # A job file's kind shows in a section only that kind has; anything else is a training job.
-COMMAND_MARKERS = {"tune": ("tune",), "dqn": ("algorithm", "env", "actors", "replay", "q_learning")}
 JOB_ENV = {
     "PYTHONUNBUFFERED": "1", "COLUMNS": "120",  # live, unwrapped logs for `dl-ray jobs logs --follow`
     "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",  # the job's ray.init(runtime_env=...) passes the same WANDB_* on: merge, not fail
@@ -82,10 +82,8 @@ def prepare(job_file: str, command: str | None, overrides: list[str], known_comm
 
 
 def detect_command(raw: dict[str, Any]) -> str:
-    for command, markers in COMMAND_MARKERS.items():
-        if any(key in raw for key in markers):
-            return command
-    return "train"
+    """The command that runs this job file, by its ``kind`` (dl_ray/kinds.py)."""
+    return kinds.command_for(raw)
 
 
 def send(sub: Submission, address: str, say: Callable[[str], None]) -> str:

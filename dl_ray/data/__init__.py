@@ -2,6 +2,9 @@
 
 Everything here is small enough to live in memory as tensors, so every Ray
 worker builds its own copy from the same seed and gets the same split.
+The loop asks a bundle for batches with :meth:`DataBundle.loader` (split, epoch,
+rank, world size): a family whose batches are not rows of tensors (pairs made
+anew each epoch, ragged targets) subclasses the bundle and yields its own.
 """
 from __future__ import annotations
 
@@ -50,8 +53,52 @@ class DataBundle:
 
         return ModelIO(self.input_shape, self.num_outputs, self.task, self.meta)
 
-    def example_batch(self, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.train.tensors[0][:n], self.train.tensors[1][:n]
+    def example_batch(self, n: int = 4) -> tuple[torch.Tensor, ...]:
+        return tuple(t[:n] for t in self.train.tensors)
+
+    def loader(self, split: str, batch_size: int, *, epoch: int = 0, rank: int = 0, world: int = 1,
+               seed: int | None = None, augment: Any = None) -> "Batches":
+        """This worker's batches of ``split`` (train, val, test).
+
+        With ``seed`` (training), the split is shuffled by (seed, epoch) identically on every worker, padded to a
+        multiple of ``world`` and dealt out ``rank::world`` like a ``DistributedSampler``: every worker takes
+        the same number of steps, and a resumed run draws the same batches. Without it (evaluation), each
+        worker takes every world-th example, unpadded, so every example counts once.
+        ``augment`` (an :class:`~dl_ray.spec.AugmentSpec`) shifts and rotates training images."""
+        tensors = getattr(self, split).tensors
+        n = len(tensors[0])
+        if seed is None:
+            index = torch.arange(rank, n, world)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            padded = torch.cat([order, order[: (-n) % world]])
+            index = padded[rank::world]
+        transform = _augmenter(augment) if augment is not None and augment.enabled else None
+        return Batches(tensors, index, batch_size, transform)
+
+
+class Batches:
+    """Batches of rows ``index`` of ``tensors``, gathered a whole batch at a time (no per-sample collate)."""
+
+    def __init__(self, tensors, index: torch.Tensor, batch_size: int, transform=None):
+        self.tensors, self.index, self.batch_size, self.transform = tensors, index, batch_size, transform
+
+    def __len__(self) -> int:
+        return -(-len(self.index) // self.batch_size)
+
+    def __iter__(self):
+        for chunk in self.index.split(self.batch_size):
+            batch = tuple(t[chunk] for t in self.tensors)
+            yield self.transform(batch) if self.transform else batch
+
+
+def _augmenter(augment):
+    from dl_ray.data.augment import shift_rotate
+
+    def transform(batch):
+        return (shift_rotate(batch[0], augment.max_shift, augment.max_rotation), *batch[1:])
+
+    return transform
 
 
 def split(x: np.ndarray, y: np.ndarray, cfg: DataConfig, task: Task, standardize: bool) -> DataBundle:

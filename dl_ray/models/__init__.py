@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 from dl_ray.models.base import ModelConfig, ModelIO, TaskModel
+from dl_ray.models.task import Task
 from dl_ray.registry import MODELS
 
 
-def build_model(cfg: ModelConfig, io: ModelIO, dropout: float = 0.0) -> TaskModel:
-    return MODELS[cfg.name].build(cfg, io, dropout)
+def build_model(cfg: ModelConfig, io: ModelIO, dropout: float = 0.0):
+    """The registered family's model for this data; a Task for every kind that ``dl-ray train`` runs."""
+    entry = MODELS[cfg.name]
+    model = entry.build(cfg, io, dropout)
+    if isinstance(model, Task) and model.kind != entry.kind:
+        raise TypeError(f"model {cfg.name} is registered as kind {entry.kind} but builds a {model.kind} task")
+    return model
 
 
 from dl_ray.models import lenet, mlp, seq2seq  # noqa: E402,F401  (register the families)
 from dl_ray.models import qnets  # noqa: E402,F401  (Q-networks for dl_ray.rl)
 
-__all__ = ["ModelConfig", "ModelIO", "TaskModel", "build_model"]
+__all__ = ["ModelConfig", "ModelIO", "Task", "TaskModel", "build_model"]

@@ -1,10 +1,11 @@
 """What every supervised model shares: it knows its task, so it owns its loss and metrics.
 
-The generic loop only ever calls, for a batch (a tuple of tensors, target last):
+:class:`TaskModel` is the supervised adapter of the task interface (:mod:`dl_ray.models.task`). A
+supervised family only writes, for a batch (a tuple of tensors, target last):
 
-* ``net(*model.inputs(batch))`` — the forward pass (through DDP when distributed);
+* ``forward(*model.inputs(batch))`` — the prediction (called through DDP when distributed);
 * ``model.loss(out, batch)`` — a scalar to minimise;
-* ``model.metrics(out, batch)`` — ``{name: (sum, count)}``, summed over workers and divided;
+* ``model.metrics(out, batch)`` — ``{name: (sum, count)}``, summed over batches and workers and divided;
 * ``model.eval_metrics(batch)`` — the same for validation/test; a family may decode here.
 """
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-Task = Literal["regression", "binary", "multiclass"]
+from dl_ray.models.task import Direction, StepContext, Task
+
+DataTask = Literal["regression", "binary", "multiclass"]
 Activation = Literal["relu", "leaky_relu", "sigmoid", "tanh"]
 Sums = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,11 +49,13 @@ def activation(name: Activation, negative_slope: float = 0.01) -> nn.Module:
     return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[name]()
 
 
-class TaskModel(nn.Module):
+class TaskModel(Task):
     """A predictor with a task-chosen loss: MSE (regression), BCE (binary), cross-entropy (multiclass).
 
     Outputs are raw scores: shape ``(N,)`` for regression/binary, ``(N, C)`` logits for multiclass.
     """
+
+    kind = "supervised"
 
     tasks: tuple[str, ...] = ("regression", "binary", "multiclass")
     """The data tasks this family can learn; building it for another is a clear error."""
@@ -60,6 +65,31 @@ class TaskModel(nn.Module):
         if io.task not in self.tasks:
             raise ValueError(f"{type(self).__name__} learns {' / '.join(self.tasks)} tasks; this data is {io.task!r}")
         self.task = io.task
+
+    @property
+    def reports(self) -> dict[str, Direction]:
+        names = self.eval_metric_names()
+        return {n: "min" if n.endswith("loss") else "max" for n in names}
+
+    @property
+    def train_reports(self) -> dict[str, Direction]:
+        return {n: d for n, d in self.reports.items() if n in ("loss", "accuracy")}  # what ``metrics`` returns
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """What ``eval_metrics`` returns: loss, plus accuracy for classification (families add theirs)."""
+        return ("loss",) if self.task == "regression" else ("loss", "accuracy")
+
+    # ---- the task interface, in terms of the per-batch methods below
+    def training_step(self, batch, ctx: StepContext):
+        with ctx.autocast:
+            out = ctx.nets["model"](*self.inputs(batch))
+        loss = self.loss(out.float(), batch)
+        ctx.backward(loss)
+        return self.metrics(out.detach().float(), batch)
+
+    def eval_step(self, batch, metrics, nets) -> None:
+        for name, (total, count) in self.eval_metrics(batch).items():
+            metrics[name].update(total, count)
 
     def inputs(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return batch[:-1]

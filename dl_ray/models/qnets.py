@@ -80,7 +80,7 @@ class QNetwork(nn.Module):
         return loss, (q - y).detach().abs(), q.detach().mean()
 
 
-@register_model("nature_cnn", NatureCNNConfig)
+@register_model("nature_cnn", NatureCNNConfig, kind="dqn")
 def nature_cnn(cfg: NatureCNNConfig, io: ModelIO, dropout: float = 0.0) -> QNetwork:
     """Nature DQN CNN for stacked uint8 frames (C, H, W): 3 convolutions, one hidden layer, one Q per action."""
     if len(io.input_shape) != 3:
@@ -97,7 +97,7 @@ def nature_cnn(cfg: NatureCNNConfig, io: ModelIO, dropout: float = 0.0) -> QNetw
     return QNetwork(cfg, torso, flat, cfg.hidden, io.num_outputs, scale=1 / 255)
 
 
-@register_model("q_mlp", QMLPConfig)
+@register_model("q_mlp", QMLPConfig, kind="dqn")
 def q_mlp(cfg: QMLPConfig, io: ModelIO, dropout: float = 0.0) -> QNetwork:
     """MLP Q-network for vector observations (CartPole); the last hidden layer sits in the head."""
     layers: list[nn.Module] = [nn.Flatten()]

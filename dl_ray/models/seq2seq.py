@@ -66,6 +66,9 @@ class Seq2SeqModel(TaskModel):
         banned[[PAD, SOS]] = True
         self.register_buffer("banned", banned, persistent=False)
 
+    def eval_metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy", "exact_match", "char_accuracy")
+
     # ---- training: the generic loop calls these
     def inputs(self, batch):
         x, y = batch

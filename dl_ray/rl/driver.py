@@ -31,12 +31,12 @@ from dl_ray.rl.spec import RLJobSpec, SpecError, parse_rl_spec
 def check(spec: RLJobSpec) -> EnvInfo:
     """Everything knowable before starting: the env exists, the Q-network fits it, the run folder agrees."""
     info = describe_env(spec.env)
-    if spec.algorithm == "q_learning":
+    if spec.kind == "q_learning":
         if info.num_states is None:
-            raise SpecError(f"algorithm: q_learning needs discrete states (FrozenLake-v1, Taxi-v3); {spec.env.id} has {info.obs_shape}")
+            raise SpecError(f"kind: q_learning needs discrete states (FrozenLake-v1, Taxi-v3); {spec.env.id} has {info.obs_shape}")
     else:
         if info.num_states is not None:
-            raise SpecError(f"algorithm: dqn needs vector or image observations; {spec.env.id} has discrete states (use q_learning)")
+            raise SpecError(f"kind: dqn needs vector or image observations; {spec.env.id} has discrete states (use q_learning)")
         try:
             build_qnet(spec, info)
         except ValueError as e:
@@ -73,7 +73,7 @@ def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, A
     raw["storage"]["path"] = str(spec.run_dir.parent)
     spec = parse_rl_spec(raw)
     info = check(spec)
-    if spec.algorithm == "q_learning":
+    if spec.kind == "q_learning":
         from dl_ray.rl.tabular import run_q_learning
 
         return run_q_learning(spec, info, console)
@@ -349,7 +349,7 @@ class DQNRun:
     def _finish(self) -> dict[str, Any]:
         replay = self.ray.get([s.stats.remote() for s in self.shards])  # [Ray]
         frames = sum(s["frames"] for s in replay)
-        summary = {"status": "finished", "algorithm": "dqn", "env": self.spec.env.id, **self.counters,
+        summary = {"status": "finished", "kind": "dqn", "env": self.spec.env.id, **self.counters,
                    "updates": self.updates_done, "time_s": time.monotonic() - self.t0,
                    "recent_return": float(np.mean(self.returns)) if self.returns else None,
                    "replay_frames": frames, "replay_bytes_per_slot": sum(s["bytes"] for s in replay) / self.spec.replay.capacity,

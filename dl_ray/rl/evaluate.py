@@ -21,10 +21,6 @@ from dl_ray.rl.outputs import load_checkpoint
 from dl_ray.rl.runner import Weights, evaluate
 from dl_ray.rl.spec import RLJobSpec, SpecError, load_rl_spec, parse_rl_spec
 
-RL_SECTIONS = {"algorithm", "env", "dqn", "actors", "q_learning"}
-"""Sections only an RL job has (a run folder's resolved spec always names its algorithm)."""
-
-
 def rl_run_dir(target: str | Path) -> Path | None:
     """The run folder of an RL run given as its folder or its job file, else None."""
     path = Path(target)
@@ -33,7 +29,7 @@ def rl_run_dir(target: str | Path) -> Path | None:
         raw = yaml.safe_load(spec.read_text()) if spec.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):
         return None
-    if not isinstance(raw, dict) or not RL_SECTIONS & raw.keys():
+    if not isinstance(raw, dict) or raw.get("kind") not in ("dqn", "q_learning"):
         return None
     return path.absolute() if path.is_dir() else load_rl_spec(path).run_dir
 
@@ -60,7 +56,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | Non
         raise SpecError(f"eval: {run_dir} holds no run (no spec.yaml); run it first: dl-ray dqn JOB")
     spec: RLJobSpec = parse_rl_spec(yaml.safe_load((run_dir / "spec.yaml").read_text()))
     seed = spec.seed + 1 if seed is None else seed
-    if spec.algorithm == "q_learning":
+    if spec.kind == "q_learning":
         if epsilon is not None or video or weights != "best":
             raise SpecError("eval: --epsilon, --weights and --video are for DQN runs; a Q-learning run plays its greedy table")
         result, what = _play_table(spec, run_dir, episodes or spec.q_learning.eval_episodes, seed)

@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
+from dl_ray import kinds
 from dl_ray.models import ModelConfig
 from dl_ray.registry import MODELS
-from dl_ray.spec import (OptimizerSpec, RunFolder, Section, SpecError, StorageSpec, TrackingSpec, _describe, _parse_named,
+from dl_ray.spec import (OptimizerSpec, RunFolder, Section, SpecError, StorageSpec, TrackingSpec, describe, parse_named,
                           read_job)
 
 
@@ -180,7 +181,7 @@ class RLJobSpec(RunFolder, Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.')."""
     description: str = ""
-    algorithm: Literal["dqn", "q_learning"] = "dqn"
+    kind: Literal["dqn", "q_learning"]
     """dqn (Ray actors, replay, target network) or q_learning (tabular, FrozenLake/Taxi)."""
     seed: int = 0
     """Seeds networks, environments and exploration."""
@@ -200,7 +201,7 @@ class RLJobSpec(RunFolder, Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.algorithm == "dqn" and self.model is None:
+        if self.kind == "dqn" and self.model is None:
             raise ValueError("dqn needs a model section (name: nature_cnn for Atari, q_mlp for vector observations)")
         if self.evaluation.video and not self.env.is_atari:
             raise ValueError(f"evaluation.video records Atari games (ALE/...); {self.env.id} has no video here: set it false")
@@ -212,20 +213,18 @@ class RLJobSpec(RunFolder, Section):
 
 
 def load_rl_spec(path: str | Path, overrides: list[str] = ()) -> RLJobSpec:
-    return parse_rl_spec(read_job(path, overrides))
+    raw = read_job(path, overrides)
+    kinds.require(raw, "dqn", str(path))
+    return parse_rl_spec(raw)
 
 
 def parse_rl_spec(raw: dict) -> RLJobSpec:
     raw = dict(raw)
+    kinds.require(raw, "dqn")
     if raw.get("model") is not None:
-        raw["model"] = _parse_named(raw["model"], "model", MODELS)
+        raw["model"] = parse_named(raw["model"], "model", MODELS, "dqn")
     try:
         spec = RLJobSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_describe(e, RLJobSpec, "")) from None
-    if spec.model is not None and spec.model.name not in QNETS:
-        raise SpecError(f"model.name: {spec.model.name!r} is not a Q-network; allowed: {', '.join(QNETS)}")
+        raise SpecError(describe(e, RLJobSpec, "")) from None
     return spec
-
-
-QNETS = ("nature_cnn", "q_mlp")

@@ -7,6 +7,7 @@ best ``keep`` by score, and always the latest.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -31,8 +32,26 @@ def write(folder: Path, state: dict[str, Any], metrics: dict[str, Any], spec: di
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
+def payload(task, optimizers: dict, schedulers: dict, state: dict[str, Any], spec: dict[str, Any], io) -> dict[str, Any]:
+    """Everything a run needs to continue, and to rebuild its model without its data (``io``: shapes, vocabularies)."""
+    return {"model": task.state_dict(), "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in schedulers.items()}, "state": state, "spec": spec,
+            "io": dataclasses.asdict(io)}
+
+
+def restore(saved: dict[str, Any], task, optimizers: dict, schedulers: dict) -> None:
+    task.load_state_dict(saved["model"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(saved["optimizers"][name])
+    for name, sched in schedulers.items():
+        sched.load_state_dict(saved["schedulers"][name])
+
+
 def read(folder: str | Path) -> dict[str, Any]:
-    return torch.load(Path(folder) / STATE, map_location="cpu", weights_only=False)
+    saved = torch.load(Path(folder) / STATE, map_location="cpu", weights_only=False)
+    if "optimizer" in saved:  # written before optimizers had names: the one optimizer is "main"
+        saved["optimizers"], saved["schedulers"] = {"main": saved.pop("optimizer")}, {"main": saved.pop("scheduler")}
+    return saved
 
 
 def saved(run_dir: Path) -> dict[int, Path]:

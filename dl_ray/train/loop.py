@@ -1,8 +1,10 @@
-"""The one generic training loop every supervised family runs, on 0..N Ray Train workers.
+"""The one generic training loop every model family runs, on 0..N Ray Train workers.
 
-It reads top to bottom: build data and model, resume, then for each epoch train,
-validate, decay the LR, early-stop, checkpoint and report. Ray appears only at
-the lines marked ``# [Ray]``.
+It drives a :class:`~dl_ray.models.task.Task` and reads top to bottom as named steps: set up (data,
+task, optimizers), resume, then for each epoch train, evaluate, decay the LRs, early-stop, checkpoint
+and report; finally score the best weights on every split. What differs between families (a GAN's two
+optimizers, a VAE's ELBO, seq2seq's decoding) lives in the task, never here. Ray appears only at the
+lines marked ``# [Ray]``; test hooks (fault injection) and timing are callbacks.
 """
 from __future__ import annotations
 
@@ -11,199 +13,283 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch import nn
 
-from dl_ray.data import build_data
-from dl_ray.data.augment import shift_rotate
-from dl_ray.models import TaskModel, build_model
+from dl_ray.data import DataBundle, build_data
+from dl_ray.models import build_model
+from dl_ray.models.task import Ratio, Task
 from dl_ray.spec import JobSpec, parse_spec
 from dl_ray.train import checkpoints, session
-from dl_ray.train.optim import make_optimizer, make_scheduler
+from dl_ray.train.optim import make_optimizers, make_scheduler, optimizer_specs
 from dl_ray.train.progress import ProgressSender
 from dl_ray.tracking import History, WandbRun, write_summary
 
 FAIL_AT = "DL_RAY_FAIL_AT"  # chaos hook "RUN_NAME:EPOCH": rank 0 of that run dies once at that epoch (tests)
+EVAL_BATCH = 1024
 
 
-class Batches(torch.utils.data.TensorDataset):
-    """A TensorDataset that the DataLoader indexes a whole batch at a time (no per-sample collate)."""
+@dataclass
+class Progress:
+    """What a checkpoint must carry besides weights so that a resumed run continues exactly."""
 
-    def __getitems__(self, index: list[int]):
-        index = torch.as_tensor(index)
-        return tuple(t[index] for t in self.tensors)
+    epoch: int = 0
+    """Epochs finished."""
+    best: float | None = None
+    """Best value of the early-stopping metric so far, and its epoch."""
+    best_epoch: int | None = None
+    ref: float | None = None
+    """Value the next epoch must beat by min_delta to count as an improvement."""
+    bad_epochs: int = 0
+    stopped: bool = False
 
 
-def as_batch(batch):
-    return batch
+@dataclass
+class StepContext:
+    """What ``Task.training_step`` gets: the prepared networks and the one way to take an optimizer step."""
+
+    nets: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    device: torch.device
+    autocast: Any
+    grad_clip: float | None
+    epoch: int = 0
+    steps: int = 0
+    on_step: list = field(default_factory=list)
+
+    def backward(self, loss: torch.Tensor, optimizer: str = "main") -> None:
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
+        opt.step()
+        self.steps += 1
+        for callback in self.on_step:
+            callback()
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class FailAt:
+    """Chaos hook for the fault-tolerance tests: rank 0 dies once where ``DL_RAY_FAIL_AT`` says."""
+
+    def __init__(self, run_dir: Path, rank: int):
+        self.run_dir, self.rank = run_dir, rank
+
+    def epoch_start(self, epoch: int) -> None:
+        if self.rank == 0 and os.environ.get(FAIL_AT) == f"{self.run_dir.name}:{epoch}":
+            marker = self.run_dir / f".failed_at_epoch_{epoch}"
+            if not marker.exists():
+                marker.touch()
+                os._exit(17)
+
+
+class FirstStep:
+    """Wall clock of this session's first optimizer step (``summary.json``; benchmarks/train_overhead.py)."""
+
+    def __init__(self):
+        self.at: float | None = None
+
+    def __call__(self) -> None:
+        self.at = self.at or time.time()
+
+
+# ---------------------------------------------------------------- the worker
+
+
+class Worker:
+    """One worker's run of a job: the state the named steps below share."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.spec: JobSpec = parse_spec(config["spec"])
+        self.run_dir, self.local_mode = Path(config["run_dir"]), config["local_mode"]
+        self.ray = session.for_config(config)  # [Ray] Ray Train workers, or a Tune trial's own process
+        self.rank, self.world = self.ray.rank_and_world()  # [Ray]
+        self.device = self.ray.device()  # [Ray]
+        self.progress = ProgressSender(config.get("progress") if self.rank == 0 else None)
+        spec, cfg_t = self.spec, self.spec.training
+
+        torch.manual_seed(cfg_t.seed)
+        self.data: DataBundle = build_data(spec.data)
+        self.task: Task = build_model(spec.model, self.data.io, spec.regularization.dropout)
+        specs = optimizer_specs(self.task.optimizer_names, spec.optimizer, spec.optimizers, spec.model.name)
+        self.optimizers = make_optimizers(self.task, specs, spec.regularization.l2)
+        self.schedulers = {n: make_scheduler(o, spec.schedule, cfg_t.epochs, specs[n].lr) for n, o in self.optimizers.items()}
+        self.state = Progress()
+        self.direction = self.task.reports.get(spec.regularization.early_stopping.metric.partition("/")[2], "min")
+        self.fail_at, self.first_step = FailAt(self.run_dir, self.rank), FirstStep()
+
+    # ---- resume: Ray's checkpoint (a restarted worker group, a Tune trial), else the run folder's latest
+    def resume(self) -> None:
+        resume = self.ray.get_checkpoint()  # [Ray]
+        if resume is not None:
+            with resume.as_directory() as folder:
+                saved = checkpoints.read(folder)
+        else:
+            folder = checkpoints.latest(self.run_dir)
+            saved = checkpoints.read(folder) if folder else None
+        if saved:
+            checkpoints.restore(saved, self.task, self.optimizers, self.schedulers)
+            self.state = Progress(**saved["state"])
+
+    def prepare(self) -> None:
+        self.nets = {name: self.ray.prepare_model(net) for name, net in self.task.networks().items()}  # [Ray] DDP, device
+        self.task.to(self.device)
+        self.history = History(self.run_dir / "metrics.csv")
+        self.tracker = WandbRun(self.spec, self.run_dir) if self.rank == 0 else None
+        if self.rank == 0:
+            self.history.load_until(self.state.epoch)
+        bf16 = self.spec.training.precision == "bf16"
+        self.ctx = StepContext(self.nets, self.optimizers, self.device,
+                               torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext(),
+                               self.spec.training.grad_clip, on_step=[self.first_step])
+
+    # ---- one epoch of training
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg_t = self.spec.training
+        torch.manual_seed(cfg_t.seed * 100_003 + epoch * 1_009 + self.rank)  # dropout, augmentation: resumes replay them
+        n = len(self.data.train)
+        per_worker = math.ceil(n / self.world) if cfg_t.batch_size == "full" else math.ceil(cfg_t.batch_size / self.world)
+        batches = self.data.loader("train", per_worker, epoch=epoch, rank=self.rank, world=self.world, seed=cfg_t.seed,
+                                   augment=self.spec.regularization.augment)
+        started = time.perf_counter()
+        self.task.train()
+        self.ctx.epoch, logged = epoch, {}
+        for step, batch in enumerate(batches, 1):
+            out = self.task.training_step(to_device(batch, self.device), self.ctx)
+            for name, value in out.items():
+                total, count = value if isinstance(value, tuple) else (value, 1.0)
+                logged.setdefault(name, Ratio().to(self.device)).update(total, count)
+            self.progress.batch(epoch + 1, cfg_t.epochs, step, len(batches))
+        metrics = {f"train/{name}": float(m.compute()) for name, m in sorted(logged.items())}  # all-reduced
+        return metrics | {"perf/train_samples_per_s": n / (time.perf_counter() - started)}
+
+    def learning_rates(self) -> dict[str, float]:
+        lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+        return {"lr": lrs["main"]} if list(lrs) == ["main"] else {f"lr/{name}": lr for name, lr in lrs.items()}
+
+    # ---- early stopping on a validation metric; the best epoch is the one whose checkpoint is kept
+    def early_stopping(self, metrics: dict[str, float]) -> bool:
+        """Update the best / patience counters; True when this epoch is the best so far."""
+        es, s = self.spec.regularization.early_stopping, self.state
+        value = metrics.get(es.metric)
+        if not es.patience or value is None:
+            return False
+        sign = 1 if self.direction == "min" else -1
+        new_best = s.best is None or sign * value <= sign * s.best  # a tie goes to the later epoch, as in Ray
+        if new_best:
+            s.best, s.best_epoch = value, s.epoch
+        if s.ref is None or sign * value < sign * s.ref - es.min_delta:
+            s.ref, s.bad_epochs = value, 0
+        else:
+            s.bad_epochs += 1
+        s.stopped = s.bad_epochs >= es.patience
+        return new_best
+
+    # ---- checkpoint (rank 0 writes; every rank reports) and our own history
+    def checkpoint_and_report(self, metrics: dict[str, float], new_best: bool) -> None:
+        cfg_t, es, epoch = self.spec.training, self.spec.regularization.early_stopping, self.state.epoch
+        due = epoch % cfg_t.checkpoint_every == 0 or epoch == cfg_t.epochs or new_best or self.state.stopped
+        if self.rank == 0:
+            self.history.append(metrics)
+            self.tracker.log(metrics, step=epoch)
+            self.progress.epoch(metrics)
+            if self.task.artifacts_due(epoch, cfg_t.epochs):
+                self.draw_artifacts(epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if due and self.rank == 0:
+                payload = checkpoints.payload(self.task, self.optimizers, self.schedulers, asdict(self.state),
+                                              self.spec.to_dict(), self.data.io)
+                checkpoints.write(Path(tmp), payload, metrics, self.spec.to_dict())
+                ckpt = Path(tmp)
+            name = checkpoints.dir_name(epoch) if due else None
+            self.ray.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # [Ray]
+            if ckpt is not None and self.local_mode:
+                score = es.metric if es.patience else None
+                checkpoints.persist_local(ckpt, self.run_dir, epoch, cfg_t.keep_checkpoints, score, self.direction)
+
+    @torch.no_grad()
+    def draw_artifacts(self, epoch: int) -> None:
+        self.task.eval()
+        paths = self.task.artifacts(self.run_dir, epoch, self.data)
+        self.tracker.log_images(paths, step=epoch)
+
+    # ---- final report: the best weights on every split, and train vs validation error (bias / variance)
+    def finish(self, status: str) -> dict[str, Any]:
+        s = self.state
+        summary: dict[str, Any] = {"status": status, "epochs_run": s.epoch, "best_epoch": s.best_epoch,
+                                   "first_step_at": self.first_step.at, "best_metric": s.best, "task": self.data.task,
+                                   "kind": self.spec.kind}
+        if status != "nonfinite_loss":
+            saved = checkpoints.saved(self.run_dir)
+            if s.best_epoch and s.best_epoch in saved:
+                self.task.load_state_dict(checkpoints.read(saved[s.best_epoch])["model"])
+            final = {}
+            for split, name in (("train", "train_eval"), ("val", "val"), ("test", "test")):
+                final |= evaluate(self.task, self.data, split, self.rank, self.world, self.device, name)
+            summary["final"] = final
+            if self.rank == 0:
+                self.history.update_last({k: v for k, v in final.items() if k.startswith("test/")})
+                self.draw_artifacts(s.epoch)
+            self.ray.report(final | {"epoch": s.epoch})  # [Ray] for Tune; kept by us in summary.json
+        if self.rank == 0:
+            summary["checkpoint"] = str(checkpoints.latest(self.run_dir) or "")
+            write_summary(self.run_dir, summary)
+            self.tracker.finish(summary.get("final"))
+        return summary
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    spec: JobSpec = parse_spec(config["spec"])
-    run_dir, local_mode = Path(config["run_dir"]), config["local_mode"]
-    ray_api = session.for_config(config)  # [Ray] Ray Train workers, or a Tune trial's own process
-    rank, world = ray_api.rank_and_world()  # [Ray]
-    device = ray_api.device()  # [Ray]
-    progress = ProgressSender(config.get("progress") if rank == 0 else None)
-    cfg_t, es, augment = spec.training, spec.regularization.early_stopping, spec.regularization.augment
-
-    torch.manual_seed(cfg_t.seed)
-    data = build_data(spec.data)
-    model = build_model(spec.model, data.io, spec.regularization.dropout)
-    optimizer = make_optimizer(model, spec.optimizer, spec.regularization.l2)
-    scheduler = make_scheduler(optimizer, spec.schedule, cfg_t.epochs, spec.optimizer.lr)
-    state = {"epoch": 0, "best": None, "best_epoch": None, "ref": None, "bad_epochs": 0, "stopped": False}
-
-    resume = ray_api.get_checkpoint()  # [Ray]
-    if resume is not None:
-        with resume.as_directory() as folder:
-            saved = checkpoints.read(folder)
-    else:
-        folder = checkpoints.latest(run_dir)
-        saved = checkpoints.read(folder) if folder else None
-    if saved:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-
-    net = ray_api.prepare_model(model)  # [Ray] DDP across workers, moves to the device
-    per_worker = math.ceil(len(data.train) / world) if cfg_t.batch_size == "full" else math.ceil(cfg_t.batch_size / world)
-    train_loader = DataLoader(Batches(*data.train.tensors), batch_size=per_worker, shuffle=True, collate_fn=as_batch)
-    train_loader = ray_api.prepare_data_loader(train_loader)  # [Ray] DistributedSampler + device
-    history = History(run_dir / "metrics.csv")
-    tracker = WandbRun(spec, run_dir) if rank == 0 else None
-    if rank == 0:
-        history.load_until(state["epoch"])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg_t.precision == "bf16" else nullcontext()
-    status = "early_stopped" if state["stopped"] else "completed"
-    first_step_at = None  # wall clock of this session's first optimiser step (benchmarks/train_overhead.py)
-
-    for epoch in range(state["epoch"], 0 if state["stopped"] else cfg_t.epochs):
-        _maybe_fail(epoch + 1, rank, run_dir)
-        torch.manual_seed(cfg_t.seed * 100_003 + epoch * 1_009 + rank)  # resumed runs replay the same draws
-        if world > 1:
-            train_loader.sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-
-        # ---- train one epoch
-        net.train()
-        sums: dict[str, torch.Tensor] = {}
-        for step, batch in enumerate(train_loader, 1):
-            if augment.enabled:
-                batch = (shift_rotate(batch[0], augment.max_shift, augment.max_rotation), *batch[1:])
-            with autocast:
-                out = net(*model.inputs(batch))
-            loss = model.loss(out.float(), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg_t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg_t.grad_clip)
-            optimizer.step()
-            first_step_at = first_step_at or time.time()
-            _accumulate(sums, model.metrics(out.detach().float(), batch))
-            progress.batch(epoch + 1, cfg_t.epochs, step, len(train_loader))
-        metrics = {"epoch": epoch + 1, **_summarise("train", sums, world)}
-        train_s = time.perf_counter() - started
-        metrics |= evaluate(model, data.val, "val", rank, world, device)
-        scheduler.step()
-        elapsed = time.perf_counter() - started
-        metrics |= {"lr": lr, "time/epoch_s": elapsed, "perf/train_samples_per_s": len(data.train) / train_s}
-
-        if not (math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])):
+    w = Worker(config)
+    w.resume()
+    w.prepare()
+    status = "early_stopped" if w.state.stopped else "completed"
+    for epoch in range(w.state.epoch, 0 if w.state.stopped else w.spec.training.epochs):
+        w.fail_at.epoch_start(epoch + 1)
+        started, lrs = time.perf_counter(), w.learning_rates()
+        metrics = {"epoch": epoch + 1, **w.train_epoch(epoch)}
+        metrics |= evaluate(w.task, w.data, "val", w.rank, w.world, w.device)
+        for scheduler in w.schedulers.values():
+            scheduler.step()
+        metrics |= lrs | {"time/epoch_s": time.perf_counter() - started}
+        if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss")):
             status = "nonfinite_loss"
-            ray_api.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
+            w.ray.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
             break
-
-        # ---- early stopping on a validation metric; the best epoch is the one whose checkpoint is kept
-        value, new_best = metrics.get(es.metric), False
-        if es.patience and value is not None:
-            sign = 1 if es.mode == "min" else -1
-            new_best = state["best"] is None or sign * value <= sign * state["best"]  # a tie goes to the later epoch, as in Ray
-            improved = state["ref"] is None or sign * value < sign * state["ref"] - es.min_delta
-            state |= {"best": value, "best_epoch": epoch + 1} if new_best else {}
-            state |= {"ref": value, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}
-            state["stopped"] = state["bad_epochs"] >= es.patience
-        state["epoch"] = epoch + 1
-
-        # ---- checkpoint (rank 0 writes; every rank reports) and our own history
-        due = state["epoch"] % cfg_t.checkpoint_every == 0 or state["epoch"] == cfg_t.epochs or new_best or state["stopped"]
-        if rank == 0:
-            history.append(metrics)
-            tracker.log(metrics, step=epoch + 1)
-            progress.epoch(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None  # rank 0 writes the checkpoint folder; every rank reports
-            if due and rank == 0:
-                payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "state": state, "spec": spec.to_dict()}
-                checkpoints.write(Path(tmp), payload, metrics, spec.to_dict())
-                ckpt = Path(tmp)
-            name = checkpoints.dir_name(state["epoch"]) if due else None
-            ray_api.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # [Ray]
-            if ckpt is not None and local_mode:
-                score = es.metric if es.patience else None
-                checkpoints.persist_local(Path(tmp), run_dir, state["epoch"], cfg_t.keep_checkpoints, score, es.mode)
-        if state["stopped"]:
+        w.state.epoch = epoch + 1
+        new_best = w.early_stopping(metrics)
+        w.checkpoint_and_report(metrics, new_best)
+        if w.state.stopped:
             status = "early_stopped"
             break
-
-    # ---- final report: test metrics, and train vs validation error (bias / variance)
-    summary: dict[str, Any] = {"status": status, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-                               "first_step_at": first_step_at,
-                               "best_metric": state["best"], "task": data.task}
-    if status != "nonfinite_loss":
-        if state["best_epoch"] and state["best_epoch"] in checkpoints.saved(run_dir):
-            model.load_state_dict(checkpoints.read(checkpoints.saved(run_dir)[state["best_epoch"]])["model"])
-        final = {}
-        for split, dataset in (("train_eval", data.train), ("val", data.val), ("test", data.test)):
-            final |= evaluate(model, dataset, split, rank, world, device)
-        summary["final"] = final
-        if rank == 0:
-            history.update_last({k: v for k, v in final.items() if k.startswith("test/")})
-        ray_api.report(final | {"epoch": state["epoch"]})  # [Ray] for Tune; kept by us in summary.json
-    if rank == 0:
-        summary["checkpoint"] = str(checkpoints.latest(run_dir) or "")
-        write_summary(run_dir, summary)
-        tracker.finish(summary.get("final"))
-    return summary
+    return w.finish(status)
 
 
 @torch.no_grad()
-def evaluate(model: TaskModel, dataset, split: str, rank: int, world: int, device) -> dict[str, float]:
-    """The model's eval metrics over ``dataset``, each worker taking every world-th example (no padding)."""
-    model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    shard = Batches(*(t[rank::world] for t in dataset.tensors))
-    for batch in DataLoader(shard, batch_size=1024, collate_fn=as_batch):
-        _accumulate(sums, model.eval_metrics(tuple(t.to(device) for t in batch)))
-    return _summarise(split, sums, world)
+def evaluate(task: Task, data: DataBundle, split: str, rank: int, world: int, device: torch.device,
+             name: str | None = None) -> dict[str, float]:
+    """The task's metrics over ``split``, each worker taking every world-th example; ``compute`` all-reduces them."""
+    task.eval()
+    metrics = {n: m.to(device) for n, m in task.evaluation().items()}
+    nets = task.networks()
+    for batch in data.loader(split, EVAL_BATCH, rank=rank, world=world):
+        task.eval_step(to_device(batch, device), metrics, nets)
+    return {f"{name or split}/{n}": float(m.compute()) for n, m in metrics.items()}
 
 
-def _accumulate(sums: dict[str, torch.Tensor], batch_sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for name, (total, count) in batch_sums.items():
-        pair = torch.stack([total.detach().float(), count.float()])
-        sums[name] = sums[name] + pair if name in sums else pair
-
-
-def _summarise(split: str, sums: dict[str, torch.Tensor], world: int) -> dict[str, float]:
-    """Sum (total, count) pairs over workers and divide: ``{split/name: total / count}``."""
-    names = sorted(sums)
-    stacked = torch.stack([sums[n] for n in names])
-    if world > 1:
-        dist.all_reduce(stacked)
-    return {f"{split}/{n}": (t / max(c, 1.0)) for n, (t, c) in zip(names, stacked.tolist())}
-
-
-def _maybe_fail(epoch: int, rank: int, run_dir: Path) -> None:
-    """Chaos hook for the fault-tolerance tests: rank 0 dies once where ``DL_RAY_FAIL_AT`` says."""
-    if rank == 0 and os.environ.get(FAIL_AT) == f"{run_dir.name}:{epoch}":
-        marker = run_dir / f".failed_at_epoch_{epoch}"
-        if not marker.exists():
-            marker.touch()
-            os._exit(17)
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a batch (a tensor, or tuples / lists / dicts of them) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -9,11 +10,15 @@ from torch import nn
 from dl_ray.spec import OptimizerSpec, ScheduleSpec
 
 
-def make_optimizer(model: nn.Module, opt: OptimizerSpec, l2: float, capturable: bool = False) -> torch.optim.Optimizer:
-    """L2 is applied as weight decay on weights only: its gradient is that of (l2/2)*||w||^2.
+def make_optimizer(params: nn.Module | Iterable[nn.Parameter], opt: OptimizerSpec, l2: float,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """An optimizer of a module's parameters (or of the given ones).
+
+    L2 is applied as weight decay on weights only: its gradient is that of (l2/2)*||w||^2.
     ``capturable``: the step may be captured in a CUDA graph (Adam and RMSProp keep their step count on the GPU)."""
-    weights = [p for p in model.parameters() if p.ndim > 1]
-    others = [p for p in model.parameters() if p.ndim <= 1]
+    params = list(params.parameters() if isinstance(params, nn.Module) else params)
+    weights = [p for p in params if p.ndim > 1]
+    others = [p for p in params if p.ndim <= 1]
     groups = [{"params": weights, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
@@ -40,3 +45,24 @@ def lr_factor(sched: ScheduleSpec, epoch: int, epochs: int, base_lr: float) -> f
 def make_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleSpec, epochs: int, base_lr: float):
     """A per-epoch ``LambdaLR``: call ``.step()`` once at the end of every epoch."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(sched, e, epochs, base_lr))
+
+
+def optimizer_specs(names: tuple[str, ...], single: OptimizerSpec, named: dict[str, OptimizerSpec] | None,
+                    model: str) -> dict[str, OptimizerSpec]:
+    """The spec of each optimizer a task declares: ``optimizer:`` for a task with one, ``optimizers:`` by name otherwise."""
+    from dl_ray.errors import SpecError
+
+    if names == ("main",):
+        if named is not None:
+            raise SpecError(f"optimizers: {model} has one optimizer: configure it under optimizer: (optimizers: is for "
+                            "models with several, e.g. a GAN's generator and discriminator)")
+        return {"main": single}
+    if named is None or set(named) != set(names):
+        got = ", ".join(named) if named else "none"
+        raise SpecError(f"optimizers: {model} trains {len(names)} networks with one optimizer each; give exactly "
+                        f"{', '.join(names)} (got {got}), e.g. optimizers: {{{names[0]}: {{name: adam, lr: 0.0002}}, ...}}")
+    return {name: named[name] for name in names}
+
+
+def make_optimizers(task, specs: dict[str, OptimizerSpec], l2: float) -> dict[str, torch.optim.Optimizer]:
+    return {name: make_optimizer(task.parameters_for(name), opt, l2) for name, opt in specs.items()}

@@ -35,13 +35,22 @@ class ProgressSender:
                 pass
 
 
-def epoch_line(m: dict[str, Any], epochs: int) -> str:
+def epoch_line(m: dict[str, Any], epochs: int, per_split: int = 4) -> str:
+    """``epoch 3/30 │ train loss 0.1 acc 97.0% │ val loss ... │ lr 1.0e-03 │ 0.8s``: a task's first metrics per split."""
     parts = [f"epoch {m['epoch']:>3}/{epochs}"]
     for split in ("train", "val"):
-        acc = f" acc {100 * m[f'{split}/accuracy']:.1f}%" if f"{split}/accuracy" in m else ""
-        parts.append(f"{split} loss {m[f'{split}/loss']:.4f}{acc}")
-    parts.append(f"lr {m['lr']:.1e} │ {m['time/epoch_s']:.1f}s")
+        names = sorted((k.split("/", 1)[1] for k in m if k.startswith(f"{split}/")), key=lambda n: (n != "loss", n != "accuracy", n))
+        if names:
+            parts.append(" ".join([split, *(_value(n, m[f"{split}/{n}"]) for n in names[:per_split])]))
+    lrs = " ".join(f"{k} {v:.1e}" for k, v in m.items() if k == "lr" or k.startswith("lr/"))
+    parts.append(f"{lrs} │ {m['time/epoch_s']:.1f}s")
     return " │ ".join(parts)
+
+
+def _value(name: str, value: float) -> str:
+    if name.endswith("accuracy"):
+        return f"{'acc' if name == 'accuracy' else name} {100 * value:.1f}%"
+    return f"{name} {value:.4f}"
 
 
 def follow(events: Any, done: threading.Event, console: Console) -> None:

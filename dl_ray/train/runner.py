@@ -17,26 +17,39 @@ from dl_ray.report import plot_curves, print_report
 from dl_ray.spec import JobSpec, RunError, SpecError, parse_spec, refuse_other_spec
 from dl_ray.tracking import read_summary
 from dl_ray.train import checkpoints
+from dl_ray.train.optim import optimizer_specs
 
 # Fields that may change when the same run is started again (it resumes); anything else is a new run.
 RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path",
                      "storage.shared", "cluster")
 
 
-def check(spec: JobSpec) -> None:
-    """Everything that can be known before starting: data loads, model fits the data, run folder agrees."""
+def check(spec: JobSpec):
+    """Everything that can be known before starting, then the run folder: returns the task built for the check."""
+    task = validate(spec)
+    prepare_folder(spec)
+    return task
+
+
+def validate(spec: JobSpec):
+    """Data loads, the model fits the data, every named metric and optimizer exists; writes nothing."""
     try:
         data = build_data(spec.data)
     except (OSError, ValueError) as e:
         raise SpecError(f"data ({spec.data.name}): {e}") from None
     try:
-        build_model(spec.model, data.io, spec.regularization.dropout)
+        task = build_model(spec.model, data.io, spec.regularization.dropout)
     except ValueError as e:
         raise SpecError(str(e)) from None
-    if data.task == "regression" and spec.regularization.early_stopping.metric == "val/accuracy":
-        raise SpecError("regularization.early_stopping.metric: val/accuracy needs a classification task; allowed: val/loss")
+    optimizer_specs(task.optimizer_names, spec.optimizer, spec.optimizers, spec.model.name)
+    check_metric("regularization.early_stopping.metric", spec.regularization.early_stopping.metric, task, splits=("val",))
     if spec.regularization.augment.enabled and len(data.input_shape) != 3:
         raise SpecError(f"regularization.augment: needs image data (C,H,W); data.name={spec.data.name} has shape {data.input_shape}")
+    return task
+
+
+def prepare_folder(spec: JobSpec) -> None:
+    """Make the run folder, unless it holds another run (rerunning resumes, it never overwrites)."""
     try:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -44,16 +57,25 @@ def check(spec: JobSpec) -> None:
     refuse_other_spec(spec.run_dir, spec.to_dict(), RESUMABLE_CHANGES)
 
 
+def check_metric(field: str, metric: str, task, splits: tuple[str, ...] = ("val", "test")) -> str:
+    """``metric`` must be one the task reports (val/<name>, ...); returns whether lower or higher is better."""
+    allowed = {f"{split}/{name}": d for split in splits for name, d in task.reports.items()}
+    if metric not in allowed:
+        raise SpecError(f"{field}: {metric!r} is not a metric {type(task).__name__} reports; allowed: {', '.join(allowed)}")
+    return allowed[metric]
+
+
 def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any]:
     spec = _absolute_paths(spec)
-    check(spec)
+    task = check(spec)
+    direction = task.reports.get(spec.regularization.early_stopping.metric.partition("/")[2], "min")
     run_dir = spec.run_dir
     local = spec.scaling.num_workers == 0
     _quiet_ray(verbose)
     if not local:
         ensure_ray(verbose)
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    trainer, events = _trainer(spec, local)
+    trainer, events = _trainer(spec, local, direction)
     where = "this process (Ray Train local mode)" if local else f"{spec.scaling.num_workers} Ray workers"
     console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {spec.data.name}, {spec.training.epochs} epochs, {where} → {run_dir}")
     if latest := checkpoints.latest(run_dir):
@@ -86,54 +108,65 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
 
 
 def ensure_ray(verbose: bool = False) -> None:
-    """Join ``RAY_ADDRESS`` when set, else start a local Ray on this machine."""
+    """Join ``RAY_ADDRESS`` when it is set and not empty, else start a local Ray on this machine.
+
+    "Local" is said explicitly: Ray's default (``address=None``) joins the cluster ``ray start`` last recorded
+    in its temp folder (``/tmp/ray/ray_current_cluster``), a running one silently and a dead one after a minute
+    of retries."""
     import ray
+
+    from dl_ray.ray_address import driver_address
 
     _quiet_ray(verbose)
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    if address and address.startswith(("http://", "https://")):
-        raise SpecError(f"RAY_ADDRESS={address} is a Ray Jobs (dashboard) address: send the job with "
-                        f"`dl-ray submit`, or set RAY_ADDRESS to the cluster's GCS address (host:6379)")
+    address = driver_address()  # a bad RAY_ADDRESS: one SpecError line
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_")) and k != "WANDB_SERVICE"}
-    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING,
              runtime_env={"env_vars": forwarded} if forwarded else None)
 
 
-def _trainer(spec: JobSpec, local: bool):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from dl_ray.train.loop import train_loop_per_worker
-
-    es = spec.regularization.early_stopping
+def _trainer(spec: JobSpec, local: bool, direction: str):
+    """The run's TorchTrainer and the queue its rank 0 sends progress events to."""
     if local:
         events: Any = queue.Queue(maxsize=1000)
     else:
         from ray.util.queue import Queue
 
         events = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-    scaling = spec.scaling
-    trainer = TorchTrainer(
+    loop_config = {"spec": spec.to_dict(), "run_dir": str(spec.run_dir), "local_mode": local, "progress": events}
+    return torch_trainer(spec, loop_config, direction, local=local), events
+
+
+def torch_trainer(spec: JobSpec, loop_config: dict[str, Any], direction: str, local: bool = False, callbacks=()):
+    """The generic loop as a ``TorchTrainer`` (``dl-ray train``, and sweep trials with several workers or GPUs).
+
+    ``local``: Ray Train local mode (num_workers 0, in this process); ``direction``: min or max of the
+    early-stopping metric, by which Ray keeps the best checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dl_ray.train.loop import train_loop_per_worker
+
+    es, scaling = spec.regularization.early_stopping, spec.scaling
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "run_dir": str(spec.run_dir), "local_mode": local, "progress": events},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker} if not local else None,
+            num_workers=0 if local else max(scaling.num_workers, 1), use_gpu=scaling.use_gpu,
+            resources_per_worker=None if local else {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker},
         ),
         run_config=RunConfig(
-            name=spec.run_name, storage_path=str(spec.run_dir.parent),
+            name=spec.run_name, storage_path=str(spec.run_dir.parent), callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.training.keep_checkpoints,
                 checkpoint_score_attribute=es.metric if es.patience else None,
-                checkpoint_score_order=es.mode,
+                checkpoint_score_order=direction,
             ),
         ),
     )
-    return trainer, events
 
 
 def _absolute_paths(spec: JobSpec) -> JobSpec:

@@ -56,13 +56,10 @@ class EvalRequest:
     def load(self) -> tuple[Any, Any]:
         """(model in eval mode on ``device`` with the checkpoint's weights, the job's DataBundle)."""
         from dl_ray.data import build_data
-        from dl_ray.models import build_model
-        from dl_ray.train import checkpoints
+        from dl_ray.runs import load_model
 
-        data = build_data(self.spec.data)
-        model = build_model(self.spec.model, data.io, self.spec.regularization.dropout)
-        model.load_state_dict(checkpoints.read(self.checkpoint)["model"])
-        return model.to(self.device).eval(), data
+        model, _ = load_model(self.checkpoint, spec=self.spec, device=self.device)
+        return model, build_data(self.spec.data)
 
 
 @register_evaluator("eval_metrics", NoSettings)
@@ -71,7 +68,7 @@ def eval_metrics(request: EvalRequest) -> dict[str, float]:
     from dl_ray.train.loop import evaluate
 
     model, data = request.load()
-    return evaluate(model, getattr(data, request.split), request.split, 0, 1, request.device)
+    return evaluate(model, data, request.split, 0, 1, request.device)
 
 
 def get_evaluator(name: str):
@@ -92,13 +89,9 @@ def get_evaluator(name: str):
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder as given, or a run folder's best checkpoint (else its latest)."""
-    from dl_ray.tracking import read_summary
-    from dl_ray.train import checkpoints
+    from dl_ray.runs import checkpoint_of
 
-    if (path / checkpoints.STATE).is_file():
-        return path
-    saved = checkpoints.saved(path) if path.is_dir() else {}
-    if not saved:
-        raise SpecError(f"tune.checkpoint: no checkpoint in {path} (expected a checkpoint_epoch_NNNN folder or a run folder)")
-    best = (read_summary(path) or {}).get("best_epoch")
-    return saved.get(best) or saved[max(saved)]
+    try:
+        return checkpoint_of(path)
+    except SpecError as e:
+        raise SpecError(f"tune.checkpoint: {e}") from None

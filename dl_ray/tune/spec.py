@@ -27,7 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dl_ray.spec import JobSpec, SpecError, _describe, apply_override, parse_spec, read_mapping, set_path
+from dl_ray import kinds
+from dl_ray.spec import JobSpec, SpecError, describe, apply_override, parse_spec, read_mapping, set_path
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SWEEPABLE = ("model", "data", "optimizer", "schedule", "regularization", "training")
@@ -177,6 +178,8 @@ class Sweep:
     space: dict[str, Distribution]
     checkpoint: Path | None = None
     """evaluate trials: the checkpoint folder."""
+    direction: str = "min"
+    """min or max: the base job's early-stopping metric, as its task reports it (set by the sweep's check)."""
 
     @property
     def folder(self) -> Path:
@@ -197,6 +200,8 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
     raw = read_mapping(path, "sweep file")
+    kinds.require(raw, "tune", str(path))
+    raw.pop("kind")  # the swept job's own kind comes from its base (or is supervised)
     raw.setdefault("name", path.stem)
     for item in overrides:
         key, _, value = item.partition("=")
@@ -210,7 +215,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     try:
         tune = TuneSpec.model_validate(raw.pop("tune"))
     except ValidationError as e:
-        raise SpecError(_describe(e, TuneSpec, "tune.")) from None
+        raise SpecError(describe(e, TuneSpec, "tune.")) from None
     name = str(raw["name"])
     checkpoint = None
     if tune.trial == "evaluate":
@@ -273,7 +278,7 @@ def _check_settings(model: type[BaseModel], values: dict[str, Any]) -> None:
     try:
         model.model_validate(values)
     except ValidationError as e:
-        raise SpecError(_describe(e, model, "tune.space.settings.")) from None
+        raise SpecError(describe(e, model, "tune.space.settings.")) from None
 
 
 def _load_base(sweep_file: Path, base: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def in_process(job: JobSpec) -> bool:
 
 def check(sweep: Sweep) -> JobSpec:
     """Everything knowable before Ray starts: the job trains, the metric exists, the parts fit together."""
-    from dl_ray.train.runner import check as check_job
+    from dl_ray.train.runner import prepare_folder, validate
 
     job, tune = parse_spec(sweep.trial_spec({})), sweep.tune
     if tune.trial == "evaluate" and tune.scheduler.name != "fifo":
@@ -53,35 +53,25 @@ def check(sweep: Sweep) -> JobSpec:
             raise SpecError("tune.search: optuna needs the optuna package (pip install 'dl_ray[optuna]'); allowed: random, grid") from None
     if tune.scheduler.name == "asha" and tune.scheduler.grace_period > job.training.epochs:
         raise SpecError(f"tune.scheduler.grace_period: {tune.scheduler.grace_period} is more than training.epochs={job.training.epochs}")
-    names = reported_metrics(job, tune.scheduler.name == "fifo", tune.split if tune.trial == "evaluate" else None)
-    if names and tune.metric not in names and (tune.trial == "train" or tune.evaluator == "eval_metrics"):
+    task = validate(job)  # data loads, the model fits it
+    names = reported_metrics(task, tune.scheduler.name == "fifo", tune.split if tune.trial == "evaluate" else None)
+    if tune.metric not in names and (tune.trial == "train" or tune.evaluator == "eval_metrics"):
         raise SpecError(f"tune.metric: {tune.metric!r} is not reported by {job.model.name} on {job.data.name}"
                         f"{'' if tune.scheduler.name == 'fifo' else ' every epoch'}; allowed: {', '.join(sorted(names))}")
-    check_job(job)  # data loads, the model fits it, the folder can be made (the last check: it makes it)
+    if tune.mode is None:  # the task says whether lower or higher is better
+        tune.mode = names.get(tune.metric) or ("min" if "loss" in tune.metric else "max")
+    sweep.direction = task.reports.get(job.regularization.early_stopping.metric.partition("/")[2], "min")
+    prepare_folder(job)  # the last check: it makes the folder
     return job
 
 
-def reported_metrics(job: JobSpec, final_too: bool, evaluate_split: str | None) -> set[str]:
-    """The metric names a trial reports, from one forward pass of the model on a few examples."""
-    import torch
-
-    from dl_ray.data import build_data
-    from dl_ray.models import build_model
-
-    try:
-        data = build_data(job.data)
-        model = build_model(job.model, data.io, job.regularization.dropout).eval()
-        batch = tuple(t[:8] for t in data.val.tensors)
-        with torch.no_grad():
-            train = set(model.metrics(model(*model.inputs(batch)).float(), batch))
-            evals = set(model.eval_metrics(batch))
-    except Exception:  # bad data or model: check_job says it in words; an unusual forward pass: Tune will tell
-        return set()
+def reported_metrics(task, final_too: bool, evaluate_split: str | None) -> dict[str, str]:
+    """The metrics a trial reports (name -> min | max), as the task declares them."""
     if evaluate_split:
-        return {f"{evaluate_split}/{n}" for n in evals}
-    names = {f"train/{n}" for n in train} | {f"val/{n}" for n in evals}
+        return {f"{evaluate_split}/{n}": d for n, d in task.reports.items()}
+    names = {f"train/{n}": d for n, d in task.train_reports.items()} | {f"val/{n}": d for n, d in task.reports.items()}
     if final_too:
-        names |= {f"{split}/{n}" for split in ("train_eval", "test") for n in evals}
+        names |= {f"{split}/{n}": d for split in ("train_eval", "test") for n, d in task.reports.items()}
     return names
 
 
@@ -89,9 +79,11 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     """Start (or resume) the sweep; returns ``(ResultGrid, trials)``: Tune's trial objects by folder name."""
     from ray import tune
 
+    from dl_ray.ray_address import driver_address
     from dl_ray.train.runner import _quiet_ray, ensure_ray
     from dl_ray.tune.progress import ProgressCallback, SweepDisplay
 
+    driver_address()  # a bad RAY_ADDRESS is refused before check() makes the trial's run folder
     folder = sweep.folder
     if resume and not tune.Tuner.can_restore(str(folder)):
         raise SpecError(f"--resume: no sweep to resume in {folder} (run it without --resume to start it)")
@@ -169,7 +161,7 @@ def _trainable(sweep: Sweep, job: JobSpec, cpus: float | None = None):
     from dl_ray.tune.trial import evaluate_trial, train_trial
 
     plan = {"sweep": sweep.name, "folder": str(sweep.folder), "job": sweep.trial_spec({}), "in_process": in_process(job),
-            "checkpoint_every_epoch": sweep.tune.scheduler.name == "pbt"}
+            "checkpoint_every_epoch": sweep.tune.scheduler.name == "pbt", "direction": sweep.direction}
     if sweep.tune.trial == "evaluate":
         plan |= {"checkpoint": str(sweep.checkpoint), "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
         return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), footprint(sweep, job))

@@ -65,30 +65,11 @@ def train_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
         finally:
             _finish_wandb()
     else:
-        _trainer(spec, loop_config).fit()
+        from ray.tune.integration.ray_train import TuneReportCallback
 
+        from dl_ray.train.runner import torch_trainer
 
-def _trainer(spec: JobSpec, loop_config: dict[str, Any]):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from dl_ray.train.loop import train_loop_per_worker
-
-    scaling, es = spec.scaling, spec.regularization.early_stopping
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config | {"local_mode": False},
-        scaling_config=ScalingConfig(num_workers=max(scaling.num_workers, 1), use_gpu=scaling.use_gpu,
-                                     resources_per_worker={"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}),
-        run_config=RunConfig(
-            name=spec.run_name, storage_path=str(spec.run_dir.parent), callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.training.keep_checkpoints,
-                                               checkpoint_score_attribute=es.metric if es.patience else None,
-                                               checkpoint_score_order=es.mode),
-        ),
-    )
+        torch_trainer(spec, loop_config, plan["direction"], callbacks=[TuneReportCallback()]).fit()
 
 
 def _exploited(checkpoint, spec: JobSpec, run_dir: Path) -> Path | None:
@@ -126,10 +107,11 @@ def _exploited(checkpoint, spec: JobSpec, run_dir: Path) -> Path | None:
         shutil.rmtree(own, ignore_errors=True)
 
     now = lr * lr_factor(spec.schedule, epoch, spec.training.epochs, lr)
-    for group in state["optimizer"]["param_groups"]:
+    optimizer, scheduler = state["optimizers"]["main"], state["schedulers"]["main"]  # PBT explores optimizer.lr
+    for group in optimizer["param_groups"]:
         group["lr"], group["initial_lr"] = now, lr
-    state["scheduler"]["base_lrs"] = [lr] * len(state["scheduler"]["base_lrs"])
-    state["scheduler"]["_last_lr"] = [now] * len(state["scheduler"]["base_lrs"])
+    scheduler["base_lrs"] = [lr] * len(scheduler["base_lrs"])
+    scheduler["_last_lr"] = [now] * len(scheduler["base_lrs"])
     state["spec"] = spec.to_dict()
     out = run_dir / ".exploited"
     checkpoints.write(out, state, {"exploited_at_epoch": epoch}, spec.to_dict())
