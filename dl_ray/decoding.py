@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-PAD, SOS, EOS = 0, 1, 2
+PAD, SOS, EOS = 0, 1, 2  # fixed ids of every target vocabulary (dl_ray.data.dates puts <pad> <sos> <eos> first)
 
 
 @dataclass

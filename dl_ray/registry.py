@@ -24,6 +24,8 @@ class Entry(Generic[T]):
     config: type[BaseModel]
     doc: str
     kind: str = ""
+    accepts: Callable[[Any], str | None] | None = None
+    """The data a model family takes: ``accepts(io)`` is None, or why it cannot learn from that data."""
 
 
 class Registry(Generic[T]):
@@ -31,12 +33,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, config: type[BaseModel], kind: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, config: type[BaseModel], kind: str = "",
+                 accepts: Callable[[Any], str | None] | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def add(build: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = (build.__doc__ or "").strip().splitlines()
-            self._entries[name] = Entry(name, build, config, doc[0] if doc else "", kind)
+            self._entries[name] = Entry(name, build, config, doc[0] if doc else "", kind, accepts)
             return build
 
         return add
@@ -57,6 +60,9 @@ DATASETS: Registry[Any] = Registry("dataset")
 register_dataset = DATASETS.register
 
 
-def register_model(name: str, config: type[BaseModel], kind: str = "supervised"):
-    """``@register_model("lenet5", LeNetConfig)``: a model builder of a job kind (supervised by default)."""
-    return MODELS.register(name, config, kind)
+def register_model(name: str, config: type[BaseModel], kind: str = "supervised",
+                   accepts: Callable[[Any], str | None] | None = None):
+    """``@register_model("lenet5", LeNetConfig, accepts=LeNet5.accepts)``: a model builder of a job kind
+    (supervised by default). ``accepts(io)`` declares the data it takes: None, or the reason it refuses
+    (the builder raises ValueError with that reason; tests/test_models.py holds every family to it)."""
+    return MODELS.register(name, config, kind, accepts)

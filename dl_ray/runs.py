@@ -25,8 +25,7 @@ def checkpoint_of(target: str | Path, which: Literal["best", "last"] = "best") -
         return path
     saved = checkpoints.saved(path) if path.is_dir() else {}
     if not saved:
-        raise SpecError(f"{path}: no checkpoint here (expected a run folder with checkpoint_epoch_NNNN folders, "
-                        "or one such folder)")
+        raise SpecError(f"no checkpoint in {path} (expected a checkpoint_epoch_NNNN folder or a run folder)")
     best = (read_summary(path) or {}).get("best_epoch") if which == "best" else None
     return saved.get(best) or saved[max(saved)]
 

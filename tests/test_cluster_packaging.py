@@ -101,7 +101,7 @@ def test_shipped_job_files_are_recognised():
 
 def test_a_sweep_over_a_base_job_is_checked_with_the_base_jobs_storage(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "b", "storage": {"path": "/mnt/shared/runs", "shared": True}}))
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "base": "base.yaml", "tune": {"space": {}}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"kind": "sweep", "name": "s", "base": "base.yaml", "tune": {"space": {}}}))
     sub = prepare(str(tmp_path / "sweep.yaml"), None, ["tune.num_samples=2"], ["train", "tune"])
     assert sub.command == "tune" and sub.storage == StorageSpec(path="/mnt/shared/runs", shared=True) and sub.name == "s"
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "b"}))  # its default storage: runs, relative

@@ -1,23 +1,43 @@
-"""Every registered model and dataset, through the registry alone (new families are covered automatically)."""
+"""Every registered model and dataset, through the registry alone (new families are covered automatically).
+
+Each family declares the data it takes (``accepts`` at registration). On every example that it accepts it
+must build and train one step — any exception fails the test — and on every other it must refuse with a
+ValueError. Tasks run through the same ``training_step`` / ``eval_step`` the generic loop calls; Q-networks
+through their TD loss.
+"""
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 from pydantic import BaseModel
 
 from dl_ray.data import DataConfig, build_data
-from dl_ray.models import ModelIO, TaskModel, build_model
+from dl_ray.models import ModelIO, Task, build_model
 from dl_ray.registry import DATASETS, MODELS, Registry
+from dl_ray.train.loop import StepContext
+from dl_ray.train.optim import make_optimizers
+from dl_ray.spec import OptimizerSpec
 
-def examples(supervised: bool):
-    """(io, batch) pairs a model may accept: a real batch of every registered dataset, or RL observations."""
-    if supervised:
-        for name in DATASETS.names():
-            data = build_data(DATASETS[name].config(name=name))
-            yield data.io, data.example_batch(5)
-    else:
-        yield ModelIO((4, 84, 84), 6, "q_values"), (torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8),)
-        yield ModelIO((4,), 2, "q_values"), (torch.randn(5, 4),)
+EXTRA_VARIANTS = {"mnist5k": ({"pixels": "unit"}, {"pixels": "binary"})}
+"""Dataset settings some families need (autoencoders want pixels in [0, 1], a VAE binary ones)."""
+
+
+@functools.cache
+def supervised_examples() -> dict[str, tuple[ModelIO, tuple[torch.Tensor, ...]]]:
+    """A real batch of every registered dataset (and variant), each dataset built once for the whole module."""
+    out = {}
+    for name in DATASETS.names():
+        for extra in ({}, *EXTRA_VARIANTS.get(name, ())):
+            data = build_data(DATASETS[name].config(name=name, **extra))
+            out[f"{name}{extra or ''}"] = (data.io, data.example_batch(8))
+    return out
+
+
+def rl_examples() -> dict[str, tuple[ModelIO, tuple[torch.Tensor, ...]]]:
+    return {"atari frames": (ModelIO((4, 84, 84), 6, "q_values"), (torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8),)),
+            "cartpole vectors": (ModelIO((4,), 2, "q_values"), (torch.randn(5, 4),))}
 
 
 def test_duplicate_names_are_refused():
@@ -28,36 +48,63 @@ def test_duplicate_names_are_refused():
 
 
 @pytest.mark.parametrize("name", MODELS.names())
-def test_every_model_forward_backward(name):
-    """Each registered model, on every kind of example it accepts: forward, its own loss, backward."""
-    entry, built = MODELS[name], 0
-    for supervised in (True, False):
-        for io, batch in examples(supervised):
-            built += exercise(entry, io, batch, supervised)
-    assert built, f"{name} accepted none of the example inputs"
+def test_every_model_trains_on_the_data_it_declares_and_refuses_the_rest(name):
+    entry = MODELS[name]
+    examples = rl_examples() if entry.kind == "dqn" else supervised_examples()
+    accepted = []
+    for label, (io, batch) in examples.items():
+        reason = entry.accepts(io) if entry.accepts else None
+        if reason:
+            with pytest.raises(ValueError):
+                build_model(entry.config(name=name), io, dropout=0.1)
+            continue
+        torch.manual_seed(0)
+        model = build_model(entry.config(name=name), io, dropout=0.1)  # any exception here fails the test
+        if entry.kind == "dqn":
+            td_step(model, batch[0], io.num_outputs)
+        else:
+            assert isinstance(model, Task) and model.kind == entry.kind
+            task_step(model, batch)
+        accepted.append(label)
+    assert accepted, f"{name} accepts none of the example datasets: {', '.join(examples)}"
 
 
-def exercise(entry, io, batch, supervised: bool) -> int:
-    torch.manual_seed(0)
-    try:
-        model = build_model(entry.config(name=entry.name), io, dropout=0.1)
-    except (ValueError, RuntimeError):
-        return 0  # this model does not take this kind of data (e.g. LeNet on tabular data)
-    if isinstance(model, TaskModel) != supervised:
-        return 0
-    if isinstance(model, TaskModel):
-        out = model(*model.inputs(batch))
-        loss = model.loss(out, batch)
-        assert set(model.metrics(out.detach(), batch)) >= {"loss"}
-        assert set(model.eval_metrics(batch)) >= {"loss"}
-    else:  # e.g. Q-networks: one value per action
-        out = model(*batch)
-        assert out.shape == (5, io.num_outputs)
-        loss = out.pow(2).mean()
+def task_step(task: Task, batch) -> None:
+    """One training step and one evaluation batch, as the generic loop runs them."""
+    from contextlib import nullcontext
+
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    optimizers = make_optimizers(task, {n: OptimizerSpec() for n in task.optimizer_names}, l2=0.0)
+    ctx = StepContext(task.networks(), optimizers, torch.device("cpu"), nullcontext(), grad_clip=None)
+    task.train()
+    logged = task.training_step(batch, ctx)
+    assert ctx.steps >= len(task.optimizer_names), "every optimizer takes a step"
+    assert set(logged) >= set(task.train_reports), f"training_step logs {set(logged)}, declares {set(task.train_reports)}"
+    for value in logged.values():
+        total, count = value if isinstance(value, tuple) else (value, 1)
+        assert torch.isfinite(torch.as_tensor(total)).all() and float(count) > 0
+    assert any(not torch.equal(before[n], p) for n, p in task.named_parameters()), "a step changes the weights"
+    task.eval()
+    metrics = task.evaluation()
+    with torch.no_grad():
+        task.eval_step(batch, metrics, task.networks())
+    values = {n: float(m.compute()) for n, m in metrics.items()}
+    assert set(values) == set(task.reports) and all(torch.isfinite(torch.tensor(v)) for v in values.values()), values
+
+
+def td_step(net, obs: torch.Tensor, actions: int) -> None:
+    """Q-networks learn through their TD loss against a target copy."""
+    import copy
+
+    target = copy.deepcopy(net)
+    n = len(obs)
+    batch = {"obs": obs, "next_obs": obs.flip(0), "action": torch.arange(n) % actions, "reward": torch.ones(n),
+             "done": torch.zeros(n, dtype=torch.bool), "weight": torch.ones(n)}
+    loss, td_abs, _ = net.td_loss(batch, target, gamma=0.99)
     loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
-    return 1
+    assert torch.isfinite(loss) and td_abs.shape == (n,)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert all(p.grad is None for p in target.parameters()), "no gradient flows into the target network"
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -72,8 +119,17 @@ def test_every_dataset_splits_disjointly_and_deterministically(name):
     rows = {tuple(r.tolist()) for r in a.train.tensors[0].flatten(1)}
     assert not any(tuple(r.tolist()) in rows for r in a.test.tensors[0].flatten(1)[:50])
     assert tuple(a.train.tensors[0].shape[1:]) == a.input_shape
-    if a.train.tensors[0].is_floating_point():
-        assert abs(float(a.train.tensors[0].mean())) < 0.05  # standardised on train statistics
+
+
+def test_the_dataset_cache_holds_every_dataset_a_session_uses():
+    """Building each dataset (and variant) again is a cache hit: the model test above does not rebuild data."""
+    from dl_ray.data import _build
+
+    supervised_examples()
+    misses = _build.cache_info().misses
+    supervised_examples.cache_clear()
+    supervised_examples()
+    assert _build.cache_info().misses == misses
 
 
 def test_mnist5k_is_the_real_subset():
@@ -81,6 +137,10 @@ def test_mnist5k_is_the_real_subset():
     assert len(data.train) + len(data.val) + len(data.test) == 5000
     assert data.input_shape == (1, 28, 28) and data.num_outputs == 10
     assert torch.bincount(data.train.tensors[1]).min() > 300  # every digit is there
+    assert abs(float(data.train.tensors[0].mean())) < 0.05  # standardised on train statistics
+    unit = build_data(DATASETS["mnist5k"].config(name="mnist5k", pixels="unit")).train.tensors[0]
+    binary = build_data(DATASETS["mnist5k"].config(name="mnist5k", pixels="binary")).train.tensors[0]
+    assert unit.min() == 0 and unit.max() == 1 and torch.equal(binary, (unit > 0.5).float())
 
 
 def test_dataset_config_is_a_dataconfig():

@@ -106,7 +106,7 @@ def test_apex_epsilons_follow_the_formula():
 
 
 def cartpole_spec(**dqn):
-    return parse_rl_spec({"name": "t", "env": {"id": "CartPole-v1"}, "model": {"name": "q_mlp", "hidden": [16, 16]},
+    return parse_rl_spec({"name": "t", "kind": "dqn", "env": {"id": "CartPole-v1"}, "model": {"name": "q_mlp", "hidden": [16, 16]},
                           "optimizer": {"name": "adam", "lr": 0.01}, "dqn": {"batch_size": 8, **dqn}})
 
 
@@ -133,7 +133,7 @@ def test_target_network_lags_by_exactly_c_updates():
 
 @pytest.mark.parametrize("double", [False, True])
 def test_td_loss_matches_the_bellman_target(double):
-    spec = parse_rl_spec({"name": "t", "env": {"id": "CartPole-v1"},
+    spec = parse_rl_spec({"name": "t", "kind": "dqn", "env": {"id": "CartPole-v1"},
                           "model": {"name": "q_mlp", "hidden": [8], "double": double, "loss": "mse"}})
     learner = Learner(spec, describe_env(spec.env))
     for p in learner.target.parameters():
@@ -150,7 +150,7 @@ def test_td_loss_matches_the_bellman_target(double):
 
 
 def test_a_bfloat16_actor_acts_with_the_learner_weights_within_bfloat16_rounding():
-    spec = parse_rl_spec({"name": "t", "env": {"id": "ALE/Pong-v5"}, "model": {"name": "nature_cnn", "dueling": True},
+    spec = parse_rl_spec({"name": "t", "kind": "dqn", "env": {"id": "ALE/Pong-v5"}, "model": {"name": "nature_cnn", "dueling": True},
                           "actors": {"envs_per_actor": 4, "inference_dtype": "bfloat16"}})
     info = describe_env(spec.env)
     learner = Learner(spec, info)

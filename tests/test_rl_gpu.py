@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def pong_spec(cuda_graph: bool, optimizer: str):
-    return parse_rl_spec({"name": "t", "env": {"id": "ALE/Pong-v5"},
+    return parse_rl_spec({"name": "t", "kind": "dqn", "env": {"id": "ALE/Pong-v5"},
                           "model": {"name": "nature_cnn", "double": True, "dueling": True},
                           "optimizer": {"name": optimizer, "lr": 1e-4},
                           "dqn": {"batch_size": 32, "target_update_every": 5},

@@ -28,7 +28,7 @@ SMALL = {"actors": {"num_actors": 2, "envs_per_actor": 2, "steps_per_call": 16, 
 
 
 def spec_for(tmp_path, name, **sections):
-    raw = {"name": name, "seed": 1, "storage": {"path": str(tmp_path)}, **SMALL}
+    raw = {"name": name, "kind": "dqn", "seed": 1, "storage": {"path": str(tmp_path)}, **SMALL}
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_rl_spec(raw)

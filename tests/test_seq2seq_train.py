@@ -75,7 +75,7 @@ def test_decode_only_sweep_scores_the_checkpoint_without_retraining(trained, tmp
     _, run_dir, _ = trained
     sweep = tmp_path / "beam.yaml"
     sweep.write_text(yaml.safe_dump({
-        "name": "beam", "tracking": {"wandb": "disabled"}, "storage": {"path": str(tmp_path / "runs")},
+        "kind": "sweep", "name": "beam", "tracking": {"wandb": "disabled"}, "storage": {"path": str(tmp_path / "runs")},
         "tune": {"trial": "evaluate", "checkpoint": str(run_dir), "evaluator": "dl_ray.eval_seq2seq:decode",
                  "split": "test", "metric": "test/exact_match", "search": "grid", "num_samples": 1,
                  "space": {"settings.beam_width": {"grid": [1, 3]}, "settings.length_alpha": {"grid": [0.7]}}}}))

@@ -61,7 +61,7 @@ def test_shipped_rl_jobs_run_on_a_2_core_laptop_as_their_header_says(job):
     from dl_ray.rl.spec import load_rl_spec
 
     spec = load_rl_spec(job, laptop_overrides(job))
-    if spec.algorithm == "dqn":
+    if spec.kind == "dqn":
         assert learner_gpus(spec, {"CPU": 2.0}) == 0 and spec.actors.gpus_per_actor == 0
 
 

@@ -27,6 +27,17 @@ def test_two_workers_train_and_ray_keeps_the_checkpoints(ray_cluster, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert (folder / "checkpoint_manager_snapshot.json").is_file()  # Ray Train persisted and tracks them
     assert sorted(checkpoints.saved(folder)) == [3, 4]  # keep_checkpoints=2
+    # Each worker scored every other test example; the all-reduced metrics equal one process scoring them all.
+    import torch
+
+    from dl_ray.data import build_data
+    from dl_ray.runs import load_model
+    from dl_ray.train.loop import evaluate
+
+    model, spec = load_model(folder, which="last")
+    alone = evaluate(model, build_data(spec.data), "test", 0, 1, torch.device("cpu"))
+    assert alone["test/accuracy"] == summary["final"]["test/accuracy"]
+    assert abs(alone["test/loss"] - summary["final"]["test/loss"]) < 1e-5
 
 
 def test_worker_failure_mid_run_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):

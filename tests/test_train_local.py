@@ -71,7 +71,7 @@ def test_batch_minibatch_and_online_gd_take_the_right_number_of_steps(tmp_path, 
                     training={"epochs": 2, "batch_size": batch_size})
     assert main(["train", str(job)]) == 0
     state = checkpoints.read(checkpoints.latest(run_dir(job)))
-    steps = state["optimizer"]["state"][0]["step"]
+    steps = state["optimizers"]["main"]["state"][0]["step"]
     assert int(steps) == 2 * steps_per_epoch  # 60 examples -> 42 train
 
 

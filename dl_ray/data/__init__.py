@@ -137,7 +137,7 @@ def build_data(cfg: DataConfig) -> DataBundle:
     return _build(type(cfg), cfg.model_dump_json())
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)  # one per dataset variant a process uses: a test session builds each once
 def _build(config: type[DataConfig], json: str) -> DataBundle:
     from dl_ray.registry import DATASETS
 

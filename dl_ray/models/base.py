@@ -62,9 +62,15 @@ class TaskModel(Task):
 
     def __init__(self, io: ModelIO):
         super().__init__()
-        if io.task not in self.tasks:
-            raise ValueError(f"{type(self).__name__} learns {' / '.join(self.tasks)} tasks; this data is {io.task!r}")
+        if reason := self.accepts(io):
+            raise ValueError(reason)
         self.task = io.task
+
+    @classmethod
+    def accepts(cls, io: ModelIO) -> str | None:
+        if io.task not in cls.tasks:
+            return f"{cls.__name__} learns {' / '.join(cls.tasks)} tasks; this data is {io.task!r}"
+        return None
 
     @property
     def reports(self) -> dict[str, Direction]:

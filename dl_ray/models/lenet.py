@@ -26,8 +26,6 @@ class LeNetConfig(ModelConfig):
 class LeNet5(TaskModel):
     def __init__(self, cfg: LeNetConfig, io: ModelIO, dropout: float = 0.0):
         super().__init__(io)
-        if len(io.input_shape) != 3 or min(io.input_shape[1:]) < 12:
-            raise ValueError(f"model.name=lenet5 needs images of at least 12x12 (C,H,W), got {io.input_shape}")
         pool = nn.MaxPool2d if cfg.pooling == "max" else nn.AvgPool2d
         c1, c2 = cfg.channels
         norm = (lambda c: nn.BatchNorm2d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
@@ -44,12 +42,18 @@ class LeNet5(TaskModel):
             nn.Linear(h2, io.num_outputs),
         )
 
+    @classmethod
+    def accepts(cls, io: ModelIO) -> str | None:
+        if len(io.input_shape) != 3 or min(io.input_shape[1:]) < 12:
+            return f"model.name=lenet5 needs images of at least 12x12 (C,H,W), got {io.input_shape}"
+        return super().accepts(io)
+
     def forward(self, x):
         out = self.classifier(self.features(x))
         return out if self.task == "multiclass" else out.squeeze(-1)
 
 
-@register_model("lenet5", LeNetConfig)
+@register_model("lenet5", LeNetConfig, accepts=LeNet5.accepts)
 def lenet5(cfg: LeNetConfig, io: ModelIO, dropout: float = 0.0) -> LeNet5:
     """LeNet-5: conv5-pool-conv5-pool-fc120-fc84; images of at least 12x12."""
     return LeNet5(cfg, io, dropout)

@@ -36,7 +36,7 @@ class MLP(TaskModel):
         return out if self.task == "multiclass" else out.squeeze(-1)
 
 
-@register_model("mlp", MLPConfig)
+@register_model("mlp", MLPConfig, accepts=MLP.accepts)
 def mlp(cfg: MLPConfig, io: ModelIO, dropout: float = 0.0) -> MLP:
     """Fully connected network; any task (MSE / BCE / cross-entropy chosen by the data)."""
     return MLP(cfg, io, dropout)

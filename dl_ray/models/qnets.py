@@ -80,11 +80,17 @@ class QNetwork(nn.Module):
         return loss, (q - y).detach().abs(), q.detach().mean()
 
 
-@register_model("nature_cnn", NatureCNNConfig, kind="dqn")
+def stacked_frames(io: ModelIO) -> str | None:
+    if len(io.input_shape) != 3:
+        return f"model.name: nature_cnn needs image observations (C, H, W), got shape {io.input_shape}; use q_mlp"
+    return None
+
+
+@register_model("nature_cnn", NatureCNNConfig, kind="dqn", accepts=stacked_frames)
 def nature_cnn(cfg: NatureCNNConfig, io: ModelIO, dropout: float = 0.0) -> QNetwork:
     """Nature DQN CNN for stacked uint8 frames (C, H, W): 3 convolutions, one hidden layer, one Q per action."""
-    if len(io.input_shape) != 3:
-        raise ValueError(f"model.name: nature_cnn needs image observations (C, H, W), got shape {io.input_shape}; use q_mlp")
+    if reason := stacked_frames(io):
+        raise ValueError(reason)
     channels, height, width = io.input_shape
     torso = nn.Sequential(
         nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),

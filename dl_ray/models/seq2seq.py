@@ -22,11 +22,11 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from dl_ray.decoding import EOS, PAD, SOS  # noqa: F401  (EOS: re-exported for the families' users)
 from dl_ray.models.base import ModelConfig, ModelIO, Sums, TaskModel
 from dl_ray.registry import register_model
 
 State = dict[str, torch.Tensor]
-PAD, SOS, EOS = 0, 1, 2  # fixed ids of the target vocabulary (see dl_ray.data.dates)
 
 
 class Seq2SeqConfig(ModelConfig):
@@ -220,13 +220,13 @@ class AttentionSeq2Seq(Seq2SeqModel):
         return self.log_probs(logits), state
 
 
-@register_model("seq2seq", Seq2SeqConfig)
+@register_model("seq2seq", Seq2SeqConfig, accepts=EncoderDecoder.accepts)
 def seq2seq(cfg: Seq2SeqConfig, io: ModelIO, dropout: float = 0.0) -> EncoderDecoder:
     """Encoder-decoder RNN (GRU/LSTM), teacher forcing; decoded greedily or by beam search."""
     return EncoderDecoder(cfg, io, dropout)
 
 
-@register_model("attention_seq2seq", AttentionConfig)
+@register_model("attention_seq2seq", AttentionConfig, accepts=AttentionSeq2Seq.accepts)
 def attention_seq2seq(cfg: AttentionConfig, io: ModelIO, dropout: float = 0.0) -> AttentionSeq2Seq:
     """Bidirectional RNN encoder + additive attention + RNN decoder fed the context (the course's model)."""
     return AttentionSeq2Seq(cfg, io, dropout)

@@ -88,6 +88,11 @@ class Task(nn.Module):
     reports: dict[str, Direction] = {"loss": "min"}
     """Metric names ``evaluation`` computes (reported as val/<name>, test/<name>) and whether lower or higher is better."""
 
+    @classmethod
+    def accepts(cls, io: Any) -> str | None:
+        """None if this family can learn from data of this shape and task, else the reason it cannot."""
+        return None
+
     @property
     def train_reports(self) -> dict[str, Direction]:
         """What ``training_step`` returns (reported as train/<name>); by default the same names as ``reports``."""

@@ -77,18 +77,18 @@ def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, A
         from dl_ray.rl.tabular import run_q_learning
 
         return run_q_learning(spec, info, console)
-    from dl_ray.train.runner import _quiet_ray, ensure_ray
+    from dl_ray.train.runner import quiet_ray, ensure_ray
 
-    _quiet_ray(verbose)
+    quiet_ray(verbose)
     ensure_ray(verbose)
     import ray  # [Ray]
 
     try:
         return DQNRun(spec, info, console).run()
     except ray.exceptions.RayError as e:  # [Ray] a learner or replay failure: one line, the rest in error.txt
-        from dl_ray.train.runner import RunError, _explain
+        from dl_ray.train.runner import RunError, explain_failure
 
-        raise RunError(_explain(e, spec.run_dir)) from e
+        raise RunError(explain_failure(e, spec.run_dir)) from e
 
 
 class ReplayInLearner:

@@ -71,7 +71,7 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     direction = task.reports.get(spec.regularization.early_stopping.metric.partition("/")[2], "min")
     run_dir = spec.run_dir
     local = spec.scaling.num_workers == 0
-    _quiet_ray(verbose)
+    quiet_ray(verbose)
     if not local:
         ensure_ray(verbose)
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -93,7 +93,7 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     except KeyboardInterrupt:
         raise
     except Exception as e:
-        raise RunError(_explain(e, run_dir)) from e
+        raise RunError(explain_failure(e, run_dir)) from e
     finally:
         done.set()
         drawer.join(timeout=5)
@@ -117,7 +117,7 @@ def ensure_ray(verbose: bool = False) -> None:
 
     from dl_ray.ray_address import driver_address
 
-    _quiet_ray(verbose)
+    quiet_ray(verbose)
     if ray.is_initialized():
         return
     address = driver_address()  # a bad RAY_ADDRESS: one SpecError line
@@ -177,7 +177,7 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
     return parse_spec(raw)
 
 
-def _quiet_ray(verbose: bool) -> None:
+def quiet_ray(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(level)
@@ -185,7 +185,7 @@ def _quiet_ray(verbose: bool) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(level if verbose else logging.ERROR)
 
 
-def _explain(error: BaseException, run_dir: Path) -> str:
+def explain_failure(error: BaseException, run_dir: Path) -> str:
     """One line for the terminal; the whole error goes to ``<run_dir>/error.txt``."""
     import traceback
 

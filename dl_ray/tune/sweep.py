@@ -80,7 +80,7 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     from ray import tune
 
     from dl_ray.ray_address import driver_address
-    from dl_ray.train.runner import _quiet_ray, ensure_ray
+    from dl_ray.train.runner import quiet_ray, ensure_ray
     from dl_ray.tune.progress import ProgressCallback, SweepDisplay
 
     driver_address()  # a bad RAY_ADDRESS is refused before check() makes the trial's run folder
@@ -92,7 +92,7 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny trials checkpoint often
     restoring = tune.Tuner.can_restore(str(folder))
     _same_sweep(sweep, folder, restoring)
-    _quiet_ray(verbose)
+    quiet_ray(verbose)
     ensure_ray(verbose)
     import ray
 
