@@ -1,13 +1,22 @@
-"""DQN throughput, all in one run on one machine (``python benchmarks/dqn_throughput.py``; ~6 min on 2 cores).
+"""DQN throughput, all in one run on one machine (``python benchmarks/dqn_throughput.py``).
 
 (a) env frames/s of the actor fleet (Ray actors, Nature-CNN inference in float32 and bfloat16, serial and
     overlapped stepping, epsilon-greedy, replay chunks)
     / frames/s of one raw AtariVectorEnv with random actions over the same number of envs and threads;
+    goal >= 0.70 for the best of the four fleet settings;
 (b) our DQN vs RLlib 2.60's DQN on the same Pong settings (2 env runners x 4 envs, batch 32, replay ratio 8,
-    Nature CNN, double + dueling), env steps/s once learning has started;
-(c) replay bytes per stored transition (84x84 frames, uniform and prioritized);
+    Nature CNN, double + dueling, 50k replay), uniform replay against uniform and prioritized (same alpha and
+    beta) against prioritized, env steps/s once learning has started; goal >= 3x for each replay kind;
+(c) replay bytes per stored transition (84x84 frames, uniform and prioritized): exact sizes, no timing;
+    goal <= 7.2 KB;
 (d) learner updates/s (Nature CNN, batch 32, sampling from the replay included; on a GPU eager and with
     the CUDA-graph update).
+
+Every timed figure is the median of ``--rounds`` (>= 3) rounds in which ours and its baseline alternate
+(a: fleet / raw env; b: ours / RLlib; d on a GPU: eager / CUDA graph / replay on the learner), so neither
+side always meets a warmer or busier machine. Exit code 1 when a goal is missed; 2 when (b) cannot run
+RLlib (``pip install -e ".[rllib]"``, or ``--skip-rllib``), checked before anything is measured.
+About 15 minutes on 2 cores with the defaults (--seconds 5, --steps 5000, 3 rounds).
 
 Defaults fit the 2-core dev machine; on the 16-core GPU host:
 ``python benchmarks/dqn_throughput.py --actors 6 --envs 16 --env-threads 2 --gpus-per-actor 0.1 --skip-rllib``.
@@ -15,9 +24,12 @@ Defaults fit the 2-core dev machine; on the 16-core GPU host:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import platform
+import statistics
+import sys
 import time
 
 import numpy as np
@@ -36,13 +48,14 @@ ACTORS, ENVS, ENV_THREADS, CPUS_PER_ACTOR, GPUS_PER_ACTOR = 2, 4, 1, 0.5, 0.0
 
 
 def pong_spec(tmp: str, total: int = 6000, cuda_graph: bool = True, overlap: bool = True, on_learner: bool = False,
-              inference_dtype: str = "float32"):
+              inference_dtype: str = "float32", prioritized: bool = False, name: str = "bench_pong"):
     return parse_rl_spec({
-        "name": "bench_pong", "seed": 0, "env": {"id": "ALE/Pong-v5"},
+        "name": name, "kind": "dqn", "seed": 0, "env": {"id": "ALE/Pong-v5"},
         "model": {"name": "nature_cnn", "double": True, "dueling": True},
         "dqn": {"total_env_steps": total, "batch_size": 32, "replay_ratio": 8, "learning_starts": 1000,
-                "updates_per_call": 16, "log_every_env_steps": 500},
-        "replay": {"capacity": 20_000 if on_learner else 50_000, "on_learner": on_learner},
+                "updates_per_call": 16, "log_every_env_steps": 500,
+                "target_update_every": 250},  # = (b) RLlib's target_network_update_freq: 1000 env steps x 8 / 32
+        "replay": {"capacity": 20_000 if on_learner else 50_000, "on_learner": on_learner, "prioritized": prioritized},
         "actors": {"num_actors": ACTORS, "envs_per_actor": ENVS, "steps_per_call": 32, "cpus_per_actor": CPUS_PER_ACTOR,
                    "env_threads": ENV_THREADS, "gpus_per_actor": GPUS_PER_ACTOR, "overlap": overlap,
                    "inference_dtype": inference_dtype},
@@ -124,12 +137,12 @@ def learner_updates_per_s(replay: FrameReplay, seconds: float, device: str = "cp
     return updates / (time.perf_counter() - t0)
 
 
-def ours_sps(tmp: str, total: int) -> tuple[float, dict]:
+def ours_sps(tmp: str, total: int, prioritized: bool, name: str) -> tuple[float, dict]:
     from rich.console import Console
 
     from dl_ray.rl import driver
 
-    spec = pong_spec(tmp, total)
+    spec = pong_spec(tmp, total, prioritized=prioritized, name=name)  # a new run folder: the same one would resume
     summary = driver.run(spec, Console(file=open(os.devnull, "w")))
     import pandas as pd
 
@@ -140,7 +153,12 @@ def ours_sps(tmp: str, total: int) -> tuple[float, dict]:
     return steps / seconds, summary
 
 
-def rllib_sps(total: int) -> float:
+def ours_sps_new_run(tmp: str, total: int, prioritized: bool, runs: itertools.count) -> float:
+    """``ours_sps`` in a run folder of its own (the same folder would resume the previous run)."""
+    return ours_sps(tmp, total, prioritized, f"bench_pong_{'prioritized' if prioritized else 'uniform'}_{next(runs)}")[0]
+
+
+def rllib_sps(total: int, prioritized: bool) -> float:
     import gymnasium as gym
     from ray import tune
     from ray.rllib.algorithms.dqn import DQNConfig
@@ -154,10 +172,10 @@ def rllib_sps(total: int) -> float:
         .environment("bench-pong", env_config={"frameskip": 1, "full_action_space": False,
                                                "repeat_action_probability": 0.0}, clip_rewards=True)
         .env_runners(num_env_runners=ACTORS, num_envs_per_env_runner=ENVS, rollout_fragment_length=32,
-                     num_cpus_per_env_runner=0.5)
+                     num_cpus_per_env_runner=CPUS_PER_ACTOR)
         .training(train_batch_size=32, training_intensity=8, num_steps_sampled_before_learning_starts=1000,
                   lr=1e-4, double_q=True, dueling=True, n_step=1, target_network_update_freq=1000,
-                  replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": 50_000})
+                  replay_buffer_config=rllib_replay(prioritized))
         .rl_module(model_config=DefaultModelConfig(conv_filters=[(32, 8, 4), (64, 4, 2), (64, 3, 1)],
                                                    conv_activation="relu", head_fcnet_hiddens=[512]))
         .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=256)
@@ -175,12 +193,41 @@ def rllib_sps(total: int) -> float:
     return (learning[-1][1] - learning[0][1]) / (learning[-1][0] - learning[0][0])
 
 
+def rllib_replay(prioritized: bool) -> dict:
+    """RLlib's replay of the same kind and size as ours (prioritized: our alpha and initial beta)."""
+    if not prioritized:
+        return {"type": "EpisodeReplayBuffer", "capacity": 50_000}
+    r = pong_spec("/tmp", prioritized=True).replay
+    return {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 50_000, "alpha": r.priority_alpha, "beta": r.priority_beta}
+
+
+def rllib_missing() -> str | None:
+    """Why RLlib's DQN cannot be imported here (its extra is not installed), or None."""
+    try:
+        from ray.rllib.algorithms.dqn import DQNConfig  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def alternating(rounds: int, *measures):
+    """Run each of ``measures`` once per round, the order rotating every round; returns one list of results per measure."""
+    results: list[list] = [[] for _ in measures]
+    for r in range(rounds):
+        for i in (list(range(len(measures))) if r % 2 == 0 else list(reversed(range(len(measures))))):
+            results[i].append(measures[i]())
+    return results
+
+
 def main() -> None:
     global ACTORS, ENVS, ENV_THREADS, CPUS_PER_ACTOR, GPUS_PER_ACTOR  # noqa: PLW0603 (the command line sets them)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15, help="measuring time of (a) and (d)")
-    parser.add_argument("--steps", type=int, default=5000, help="env steps of each DQN in (b)")
-    parser.add_argument("--skip-rllib", action="store_true")
+    parser.add_argument("--seconds", type=float, default=5, help="measuring time of one round of (a) and (d)")
+    parser.add_argument("--steps", type=int, default=5000, help="env steps of each DQN run in (b)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure; medians are reported (>= 3)")
+    parser.add_argument("--replay", nargs="+", choices=["uniform", "prioritized"], default=["uniform", "prioritized"],
+                        help="(b): the replay kinds compared (each with the same kind on both sides)")
+    parser.add_argument("--skip-rllib", action="store_true", help="(b): ours only, no comparison (no goal)")
     parser.add_argument("--skip-ours", action="store_true", help="skip (b) entirely")
     parser.add_argument("--actors", type=int, default=ACTORS, help="(a), (b): Ray actors")
     parser.add_argument("--envs", type=int, default=ENVS, help="(a), (b): envs per actor")
@@ -188,51 +235,73 @@ def main() -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=CPUS_PER_ACTOR)
     parser.add_argument("--gpus-per-actor", type=float, default=GPUS_PER_ACTOR, help="> 0: actors infer on the GPU")
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error(f"--rounds: {args.rounds} is below 3; a median needs at least 3 rounds")
+    if not (args.skip_ours or args.skip_rllib) and (why := rllib_missing()):
+        print(f"error: (b) needs RLlib's DQN ({why}): pip install -e \".[rllib]\", or pass --skip-rllib / --skip-ours",
+              file=sys.stderr)
+        sys.exit(2)
     ACTORS, ENVS, ENV_THREADS = args.actors, args.envs, args.env_threads
     CPUS_PER_ACTOR, GPUS_PER_ACTOR = args.cpus_per_actor, args.gpus_per_actor
     import tempfile
 
     import ray
 
+    median = statistics.median
+    problems: list[str] = []
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"ray {ray.__version__}, GPU: {gpu}")
+          f"ray {ray.__version__}, GPU: {gpu}; medians of {args.rounds} interleaved rounds")
     # the raw baseline gets as many emulator threads as the fleet creates (overlapped actors: two halves each)
     threads = min(ACTORS * ENV_THREADS * 2, os.cpu_count())
-    raw = raw_env_fps(args.seconds, threads)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    best_fleet = 0.0
     for overlap, dtype in itertools.product((True, False), ("bfloat16", "float32")):
-        fleet = fleet_fps(ray, args.seconds, overlap, dtype)
+        fleet, raw = alternating(args.rounds, functools.partial(fleet_fps, ray, args.seconds, overlap, dtype),
+                                 functools.partial(raw_env_fps, args.seconds, threads))
+        ratio = median(f / r for f, r in zip(fleet, raw))
+        best_fleet = max(best_fleet, ratio)
         print(f"(a) fleet of {ACTORS} actors x {ENVS} envs x {ENV_THREADS} threads, {dtype} inference on "
-              f"{'GPU' if GPUS_PER_ACTOR else 'CPU'}, {'overlapped' if overlap else 'serial'} stepping: {fleet:,.0f} frames/s "
-              f"/ raw AtariVectorEnv ({ACTORS * ENVS} envs, {threads} threads) {raw:,.0f} frames/s = {fleet / raw:.2f} "
-              f"(goal >= 0.70)")
+              f"{'GPU' if GPUS_PER_ACTOR else 'CPU'}, {'overlapped' if overlap else 'serial'} stepping: {median(fleet):,.0f} "
+              f"frames/s / raw AtariVectorEnv ({ACTORS * ENVS} envs, {threads} threads) {median(raw):,.0f} frames/s; "
+              f"ratio {ratio:.2f}")
+    if best_fleet < 0.70:
+        problems.append(f"(a) the best fleet setting reached {best_fleet:.2f} of the raw env frames/s (goal >= 0.70)")
     for kind, b in replay_bytes().items():
         print(f"(c) replay {kind}: {b:,.0f} bytes per stored transition = {b / 1024:.2f} KB (goal <= 7.2 KB)")
+        if b / 1024 > 7.2:
+            problems.append(f"(c) replay {kind}: {b / 1024:.2f} KB per transition (goal <= 7.2 KB)")
     replay = filled_replay()
-    print(f"(d) learner on CPU: {learner_updates_per_s(replay, args.seconds):,.1f} updates/s (Nature CNN, batch 32, "
-          f"sampling included)")
+    [cpu] = alternating(args.rounds, functools.partial(learner_updates_per_s, replay, args.seconds))
+    print(f"(d) learner on CPU: {median(cpu):,.1f} updates/s (Nature CNN, batch 32, sampling included)")
     if torch.cuda.is_available():
-        eager = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=False)
-        graphed = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=True)
-        on_gpu = learner_updates_per_s(replay, args.seconds, "cuda", cuda_graph=True, on_learner=True)
-        print(f"(d) learner on {torch.cuda.get_device_name()}: eager {eager:,.0f}, CUDA graph {graphed:,.0f} updates/s "
-              f"({graphed / eager:.2f}x; batch 32, sampling included); CUDA graph + replay on the GPU "
-              f"(replay.on_learner) {on_gpu:,.0f} updates/s ({on_gpu / eager:.2f}x)")
-    if args.skip_ours:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        ours, summary = ours_sps(tmp, args.steps)
-    print(f"(b) ours: {ours:,.1f} env steps/s after learning starts ({summary['updates']} updates)")
-    if args.skip_rllib:
-        return
-    try:
-        theirs = rllib_sps(args.steps)
-        print(f"(b) RLlib DQN: {theirs:,.1f} env steps/s → ours / RLlib = {ours / theirs:.2f}x (goal >= 3x)")
-    except Exception as e:  # report exactly why RLlib could not run here
-        print(f"(b) RLlib DQN could not run: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
+        updates = functools.partial(learner_updates_per_s, replay, args.seconds, "cuda")
+        eager, graphed, on_gpu = alternating(args.rounds, functools.partial(updates, cuda_graph=False),
+                                             functools.partial(updates, cuda_graph=True),
+                                             functools.partial(updates, cuda_graph=True, on_learner=True))
+        print(f"(d) learner on {torch.cuda.get_device_name()}: eager {median(eager):,.0f}, CUDA graph {median(graphed):,.0f} "
+              f"updates/s ({median(g / e for g, e in zip(graphed, eager)):.2f}x; batch 32, sampling included); CUDA graph "
+              f"+ replay on the GPU (replay.on_learner) {median(on_gpu):,.0f} updates/s "
+              f"({median(o / e for o, e in zip(on_gpu, eager)):.2f}x)")
+    if not args.skip_ours:
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind in args.replay:
+                prioritized = kind == "prioritized"
+                ours = functools.partial(ours_sps_new_run, tmp, args.steps, prioritized, itertools.count())
+                if args.skip_rllib:
+                    [mine] = alternating(args.rounds, ours)
+                    print(f"(b) ours, {kind} replay: {median(mine):,.1f} env steps/s after learning starts")
+                    continue
+                mine, theirs = alternating(args.rounds, ours, functools.partial(rllib_sps, args.steps, prioritized))
+                ratio = median(m / t for m, t in zip(mine, theirs))
+                print(f"(b) {kind} replay on both: ours {median(mine):,.1f}, RLlib DQN {median(theirs):,.1f} env steps/s "
+                      f"after learning starts; ours / RLlib = {ratio:.2f}x (goal >= 3x)")
+                if ratio < 3:
+                    problems.append(f"(b) {kind} replay: ours / RLlib = {ratio:.2f}x (goal >= 3x)")
     ray.shutdown()
-
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@
 #   2. benchmarks/dqn_throughput.py (a) fleet / raw env frames/s, (c) replay bytes, (d) learner updates/s;
 #   3. `dl-ray dqn jobs/rl/dqn_pong.yaml` for PONG_SECONDS of training (0: skip), then its final 30-episode evaluation.
 # Usage: bash benchmarks/gpu_host.sh OUTDIR [PONG_SECONDS] [PONG_OVERRIDES]  ((a): overlapped and serial stepping,
-# float32 and bfloat16 inference; 1+2 take ~4 min, so with 15 device minutes run 1+2 with PONG_SECONDS=0 first)
+# float32 and bfloat16 inference, each the median of 3 rounds against the raw env; 1+2 take ~5 min, so with 15 device
+# minutes run 1+2 with PONG_SECONDS=0 first)
 # e.g. bash benchmarks/gpu_host.sh $OUT 270 "--set replay.on_learner=true --set replay.shards=1 --set actors.overlap=true"   (Ray, Gymnasium, ale-py from .gpu-bundle if present:
 # `bash ../shared/gpu-host/bundle.sh .gpu-bundle` on a machine with pip, then carry it over).
 set -uo pipefail
@@ -22,7 +23,7 @@ graph=true
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_rl_gpu.py 2>&1 | tee "$out/gpu_test.log" || graph=false
 echo "cuda_graph=$graph"
 
-timeout 240 python3 benchmarks/dqn_throughput.py --seconds 8 --skip-ours --actors 6 --envs 16 --env-threads 2 \
+timeout 420 python3 benchmarks/dqn_throughput.py --seconds 4 --skip-ours --actors 6 --envs 16 --env-threads 2 \
   --cpus-per-actor 2 --gpus-per-actor 0.05 2>&1 | tee "$out/bench.log"
 
 [ "$seconds" -gt 0 ] || exit 0

@@ -1,4 +1,4 @@
-"""``dl-ray``: train a job file, list what is registered.
+"""``dl-ray``: train a job file, evaluate a run, list what is registered (built on :mod:`dl_ray.api`).
 
 Exit codes: 0 done, 1 a run failed, 2 bad input (nothing was started), 130 interrupted.
 """
@@ -35,16 +35,20 @@ def main(argv: list[str] | None = None) -> int:
                         "tune.num_samples=4")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep (fails if there is none)")
 
-    # --- dl-ray eval: a seq2seq run (dl_ray/eval_seq2seq.py: BLEU, beam search, error analysis, attention maps)
+    # --- dl-ray eval (dl_ray/api.py evaluate_runs), by the run's kind: a classifier or regressor (dl_ray/eval_supervised.py:
+    #     confusion matrix, most confident mistakes), a seq2seq run (dl_ray/eval_seq2seq.py: BLEU, beam search, error
+    #     analysis, attention maps), an autoencoder / VAE / GAN (dl_ray/eval_generative.py: test metrics, its pictures)
     #     or an RL run (dl_ray/rl/evaluate.py: the agent plays evaluation episodes again, optional video) ---
-    evaluate = sub.add_parser("eval", help="evaluate a trained run: seq2seq decoding (BLEU, beam, error analysis) "
-                                           "or an RL agent (evaluation episodes, video)")
+    evaluate = sub.add_parser("eval", help="evaluate a trained run by its kind: a classifier's confusion matrix and mistakes, "
+                                           "seq2seq decoding (BLEU, beam, error analysis), a generative model's pictures, "
+                                           "an RL agent (evaluation episodes, video)")
     evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_JOB", help="run folder (runs/NAME) or its job YAML; several compare")
     evaluate.add_argument("--beam", type=int, help="seq2seq: beam width B compared with greedy search (default 3; 1 = greedy only)")
     evaluate.add_argument("--alpha", type=float, help="seq2seq: length normalisation, rank by sum log P / T^alpha (default 0.7)")
     evaluate.add_argument("--episodes", type=int, help="RL: evaluation episodes (default: the job's evaluation.episodes)")
     evaluate.add_argument("--epsilon", type=float, help="DQN: exploration while evaluating (default: the job's evaluation.epsilon)")
-    evaluate.add_argument("--weights", choices=["best", "last"], help="DQN: the best evaluation's weights (default) or the last checkpoint's")
+    evaluate.add_argument("--weights", choices=["best", "last"],
+                          help="best checkpoint (default) or latest; DQN: best evaluation's weights or last checkpoint's")
     evaluate.add_argument("--video", action="store_true", help="DQN on Atari: also record one game as eval_<weights>.gif")
     evaluate.add_argument("--seed", type=int, help="RL: seed of the evaluation envs (default: the job's seed + 1)")
 
@@ -84,29 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
-    from dl_ray.rl.evaluate import evaluate_run, rl_run_dir
-    from dl_ray.spec import SpecError
+    from dl_ray.api import evaluate_runs
 
-    rl_dirs = [rl_run_dir(r) for r in args.runs]
-    rl_flags = [f"--{k}" for k in ("episodes", "epsilon", "weights", "seed") if getattr(args, k) is not None]
-    rl_flags += ["--video"] if args.video else []
-    if all(rl_dirs):
-        if args.beam is not None or args.alpha is not None:
-            raise SpecError("eval: --beam and --alpha decode seq2seq runs; for RL runs use --episodes, --epsilon, --weights, --video, --seed")
-        if args.episodes is not None and args.episodes < 1:
-            raise SpecError(f"eval: --episodes must be >= 1 (got {args.episodes})")
-        if args.epsilon is not None and not 0 <= args.epsilon <= 1:
-            raise SpecError(f"eval: --epsilon must be in [0, 1] (got {args.epsilon})")
-        for run_dir in rl_dirs:
-            evaluate_run(run_dir, args.episodes, args.epsilon, args.weights or "best", args.video, args.seed, console)
-        return 0
-    if any(rl_dirs):
-        raise SpecError("eval: give RL runs or seq2seq runs, not both: " + ", ".join(args.runs))
-    if rl_flags:
-        raise SpecError(f"eval: {', '.join(rl_flags)} evaluate RL runs (dl-ray dqn); for seq2seq runs use --beam and --alpha")
-    from dl_ray.eval_seq2seq import main as evaluate_runs
-
-    return evaluate_runs(args.runs, 3 if args.beam is None else args.beam, 0.7 if args.alpha is None else args.alpha, console)
+    evaluate_runs(args.runs, weights=args.weights, beam=args.beam, alpha=args.alpha, episodes=args.episodes,
+                  epsilon=args.epsilon, video=args.video, seed=args.seed, console=console)
+    return 0
 
 
 def _job_command(sub, name: str, positional: str, help: str, what: str, example: str) -> argparse.ArgumentParser:
@@ -121,18 +107,12 @@ def _job_command(sub, name: str, positional: str, help: str, what: str, example:
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
-    from dl_ray.spec import load_spec
+    from dl_ray import api
 
-    spec = load_spec(args.job, args.overrides)
+    spec = api.job_spec(args.job, args.overrides)
     if args.dry_run:
         return _print_spec(spec, console)
-    if spec.scaling.num_workers > 0:  # Ray Train workers join RAY_ADDRESS: a bad one is refused before the run folder is made
-        from dl_ray.ray_address import driver_address
-
-        driver_address()
-    from dl_ray.train.runner import run
-
-    run(spec, console, verbose=args.verbose)
+    api.fit(spec, console=console, verbose=args.verbose)
     return 0
 
 
@@ -158,14 +138,18 @@ def _print_spec(spec, console: Console) -> int:
 def _list(console: Console) -> int:
     from rich.table import Table
 
+    from dl_ray.api import registered
     from dl_ray.registry import DATASETS, MODELS
     from dl_ray.spec import describe_fields
 
-    for registry in (MODELS, DATASETS):
-        table = Table(title=f"{registry.kind}s", show_lines=True)
+    names = registered()
+    datasets = names.pop("datasets")
+    tables = [(MODELS, f"models of kind {kind}", models) for kind, models in names.items()]
+    for registry, title, entries in tables + [(DATASETS, "datasets", datasets)]:
+        table = Table(title=title, show_lines=True)
         for col in ("name", "what", "config fields"):
             table.add_column(col)
-        for name in registry.names():
+        for name in entries:
             entry = registry[name]
             fields = "\n".join(f"{f}: {kind}  {doc}" for f, kind, doc in describe_fields(entry.config))
             table.add_row(name, entry.doc, fields)

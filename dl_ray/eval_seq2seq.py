@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
@@ -28,10 +27,8 @@ from dl_ray.bleu import char_bleu
 from dl_ray.data import DataBundle, build_data
 from dl_ray.data.dates import decode
 from dl_ray.decoding import Decoded, beam_search, char_matches, greedy, in_batches, normalized, sequence_log_probs
-from dl_ray.models import build_model
-from dl_ray.spec import JobSpec, SpecError, load_spec, parse_spec
+from dl_ray.spec import JobSpec, SpecError
 from dl_ray.train import checkpoints
-from dl_ray.tracking import read_summary
 from dl_ray.tune.evaluators import EvalRequest, register_evaluator  # Ray-free
 
 LENGTH_BUCKETS = (10, 15, 20, 25, 30)
@@ -46,28 +43,22 @@ class Run:
     model: Any
 
 
-def load_run(target: str | Path) -> Run:
-    """A trained run from its folder or its job file: spec, data and the model at its best checkpoint."""
-    path = Path(target)
-    if path.is_file():
-        run_dir = load_spec(path).run_dir
-    elif path.is_dir():
-        run_dir = path.absolute()
-    else:
-        raise SpecError(f"eval: {target}: no such run folder or job file")
-    if not (run_dir / "spec.yaml").is_file():
-        raise SpecError(f"eval: {run_dir} holds no run (no spec.yaml); train it first: dl-ray train JOB")
-    spec = parse_spec(yaml.safe_load((run_dir / "spec.yaml").read_text()))
-    saved, summary = checkpoints.saved(run_dir), read_summary(run_dir) or {}
-    if not saved:
+def load_run(target: str | Path, which: str = "best") -> Run:
+    """A trained run from its folder or its job file: spec, data and the model at its best checkpoint
+    (``which="last"``: its latest)."""
+    from dl_ray.api import run_folder
+    from dl_ray.runs import checkpoint_of, load_model, load_spec_of
+
+    run_dir, _ = run_folder(target)
+    spec = load_spec_of(run_dir)
+    if not checkpoints.saved(run_dir):
         raise SpecError(f"eval: {run_dir} has no checkpoint yet; train it first: dl-ray train JOB")
-    checkpoint = saved.get(summary.get("best_epoch") or -1) or saved[max(saved)]
+    checkpoint = checkpoint_of(run_dir, which)
     data = build_data(spec.data)
     if data.task != "seq2seq":
         raise SpecError(f"eval: {run_dir.name} is a {data.task} run; dl-ray eval decodes seq2seq runs (e.g. jobs/dates_attention.yaml)")
-    model = build_model(spec.model, data.io)
-    model.load_state_dict(checkpoints.read(checkpoint)["model"])
-    return Run(spec, run_dir, checkpoint, data, model.eval())
+    model, _ = load_model(checkpoint, spec=spec)
+    return Run(spec, run_dir, checkpoint, data, model)
 
 
 def decode_all(model, x: torch.Tensor, beam: int, alpha: float, batch_size: int = 256) -> tuple[Decoded, float]:
@@ -213,12 +204,19 @@ def plot_attention(run: Run, count: int = 4) -> list[Path]:
 
 
 def main(targets: list[str], beam: int, alpha: float, console: Console) -> int:
-    """The ``dl-ray eval`` command (see :mod:`dl_ray.cli`)."""
+    """The ``dl-ray eval`` command of seq2seq runs (see :mod:`dl_ray.cli`)."""
+    evaluate_runs(targets, beam, alpha, console)
+    return 0
+
+
+def evaluate_runs(targets: list[str | Path], beam: int, alpha: float, console: Console,
+                  which: str = "best") -> list[dict[str, Any]]:
+    """Decode each run's test split, print its report (and, for several runs, a comparison), write ``eval.json``."""
     if beam < 1:
         raise SpecError(f"--beam: must be an integer >= 1 (got {beam})")
     if alpha < 0:
         raise SpecError(f"--alpha: must be >= 0, typically 0.7 (got {alpha})")
-    runs = [load_run(t) for t in targets]  # every target checked before any decoding
+    runs = [load_run(t, which) for t in targets]  # every target checked before any decoding
     reports = []
     for run in runs:
         with console.status(f"decoding {len(run.data.test)} test dates of {run.run_dir.name} ..."):
@@ -231,7 +229,7 @@ def main(targets: list[str], beam: int, alpha: float, console: Console) -> int:
         reports.append(report)
     if len(reports) > 1:
         compare_lengths(reports, console)
-    return 0
+    return reports
 
 
 def compare_lengths(reports: list[dict[str, Any]], console: Console) -> None:

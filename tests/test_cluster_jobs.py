@@ -22,6 +22,7 @@ import requests
 from tests.conftest import ROOT, write_job
 
 SCRIPT = ROOT / "cluster" / "local-test-cluster.sh"
+pytestmark = pytest.mark.slow  # a 2-node Ray cluster and Ray Jobs
 DIGITS = {"model": {"name": "mlp", "hidden": [64]}, "data": {"name": "digits"},
           "optimizer": {"name": "adam", "lr": 0.01}, "training": {"epochs": 3, "batch_size": 128}}
 
@@ -59,21 +60,28 @@ class Cluster:
         return len(reply.json()["data"]["result"]["result"])
 
     def wait_until(self, what: str, check, timeout_s: float = 120) -> None:
+        """Poll the cluster's state API: Ray has no event a client can wait on for actors appearing or going."""
         deadline = time.monotonic() + timeout_s
         while not check():
             assert time.monotonic() < deadline, f"timed out waiting until {what}"
             time.sleep(0.5)
 
     def wait_for_log(self, job_id: str, text: str, timeout_s: float = 120) -> str:
-        """Poll the job's logs until ``text`` shows (the job is then certainly running it)."""
-        client, deadline = self.client(), time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            logs = client.get_job_logs(job_id)
-            if text in logs:
-                return logs
-            assert str(client.get_job_status(job_id)) not in ("FAILED", "SUCCEEDED", "STOPPED"), logs
-            time.sleep(0.5)
-        raise AssertionError(f"{text!r} never showed in the logs of {job_id}:\n{client.get_job_logs(job_id)}")
+        """Follow the job's log stream until ``text`` shows (the job is then certainly running it)."""
+        import asyncio
+
+        async def follow() -> str:
+            seen = ""
+            async for chunk in self.client().tail_job_logs(job_id):  # ends when the job ends
+                seen += chunk
+                if text in seen:
+                    return seen
+            raise AssertionError(f"{job_id} ended ({self.client().get_job_status(job_id)}) before {text!r} showed:\n{seen}")
+
+        try:
+            return asyncio.run(asyncio.wait_for(follow(), timeout_s))
+        except TimeoutError:
+            raise AssertionError(f"{text!r} never showed in the logs of {job_id} within {timeout_s:.0f} s") from None
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +147,7 @@ def test_a_failing_job_reports_failed_with_the_error_in_its_logs(cluster, tmp_pa
 
 
 def test_stop_stops_a_running_sweep(cluster, tmp_path):
-    sweep = write_job(tmp_path, "long_sweep", **{**DIGITS, "training": {"epochs": 500, "batch_size": 16}},
+    sweep = write_job(tmp_path, "long_sweep", kind="sweep", **{**DIGITS, "training": {"epochs": 500, "batch_size": 16}},
                       storage={"path": str(tmp_path / "runs"), "shared": True},  # both nodes see this machine's /tmp
                       tune={"metric": "val/accuracy", "num_samples": 8, "scheduler": "fifo",
                             "space": {"optimizer.lr": {"loguniform": [1.0e-3, 3.0e-2]}}})

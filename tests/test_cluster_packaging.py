@@ -16,7 +16,7 @@ from dl_ray.cluster.mirror import Mirror
 from dl_ray.cluster.mirror import main as mirror_main
 from dl_ray.cluster.submit import detect_command, entrypoint, prepare
 from dl_ray.spec import SpecError, StorageSpec, load_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Lines
 
 
 def make_project(root: Path) -> Path:
@@ -181,8 +181,7 @@ def test_mirror_passes_a_stop_on_to_the_job(tmp_path):
               "print('ready', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-m", "dl_ray.cluster.mirror", f"file://{bucket}", str(tmp_path / "s"), "run",
                              "--", sys.executable, "-c", script, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    while "ready" not in proc.stdout.readline():
-        pass
+    Lines(proc.stdout).wait_for(lambda line: "ready" in line, timeout_s=60)  # the job's SIGTERM handler is set
     proc.terminate()
     assert proc.wait(timeout=30) == 143
     assert (bucket / "run" / "stopped.txt").read_text() == "yes"

@@ -63,7 +63,24 @@ def test_overlapped_halves_see_exactly_what_one_vector_env_sees():
     assert ends >= 1  # games ended and restarted (autoreset) along the way
 
 
-def test_bad_env_id_is_one_line_and_exit_2():
+def in_process(capsys):
+    """``dl-ray ARGS`` run by calling main() here: (exit code, stdout, stderr)."""
+    from dl_ray.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_bad_env_id_is_one_line_and_exit_2(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cli = in_process(capsys)  # in this process: the same main() as the console script, without 9 interpreter starts
     code, out, err = cli("dqn", "jobs/rl/dqn_pong.yaml", "--set", "env.id=ALE/Pongg-v5", "--dry-run")
     assert code == 2 and err.count("\n") == 1
     assert "env.id: unknown environment 'ALE/Pongg-v5' (did you mean 'ALE/Pong-v5'?)" in err
@@ -87,6 +104,7 @@ def test_bad_env_id_is_one_line_and_exit_2():
     assert code == 2 and err.count("\n") == 1 and "set replay.shards to 1 (got 2)" in err
 
 
+@pytest.mark.slow  # 20,000 training episodes, 2 x 1,000 evaluation episodes, 3 processes
 def test_q_learning_frozenlake_success_rate(tmp_path):
     """Acceptance: slippery 4x4 FrozenLake, greedy success >= 0.70 over 1000 evaluation episodes."""
     code, out, err = cli("dqn", "jobs/rl/q_learning_frozenlake.yaml", "--set", f"storage.path={tmp_path}",

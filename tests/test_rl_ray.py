@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from dl_ray.rl import driver
 from dl_ray.rl.envs import describe_env
 from dl_ray.rl.runner import apex_epsilon, build_qnet
 from dl_ray.rl.spec import load_rl_spec, parse_rl_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Lines
 
 SMALL = {"actors": {"num_actors": 2, "envs_per_actor": 2, "steps_per_call": 16, "cpus_per_actor": 0.5},
          "learner": {"num_cpus": 1}, "tracking": {"wandb": "offline"}}
@@ -42,6 +42,7 @@ def cartpole(tmp_path, name, total):
                     checkpoint={"every_env_steps": 1000})
 
 
+@pytest.mark.slow
 def test_short_pong_run_on_two_actors_moves_data_end_to_end(ray_cluster, tmp_path):
     spec = spec_for(tmp_path, "pong", env={"id": "ALE/Pong-v5"}, model={"name": "nature_cnn", "dueling": True},
                     actors={"overlap": True, "inference_dtype": "bfloat16"},
@@ -67,18 +68,26 @@ def test_short_pong_run_on_two_actors_moves_data_end_to_end(ray_cluster, tmp_pat
         assert gif.size == (160, 210) and gif.n_frames > 500
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_run_is_replaced_and_training_goes_on(ray_cluster, tmp_path):
     spec = cartpole(tmp_path, "kill", total=6000)
     run = driver.DQNRun(spec, driver.check(spec), Console(file=open(os.devnull, "w")))
+    training, training_done = threading.Event(), run._training_done
+
+    def on_training_done(ref):  # the learner's first finished call sets the event the test waits on
+        training_done(ref)
+        if run.updates_done:
+            training.set()
+
+    run._training_done = on_training_done
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(run.run()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
-    while run.updates_done == 0 and time.monotonic() < deadline:  # wait until the learner is training
-        time.sleep(0.05)
+    assert training.wait(timeout=120), "the learner never finished an update call"
     victim = run.actors[0]
     ray_cluster.kill(victim)
     thread.join(timeout=240)
+    assert not thread.is_alive(), "the run did not finish after its actor was replaced"
     assert outcome["actor_restarts"] >= 1 and run.actors[0] is not victim
     assert outcome["env_steps"] >= 6000 and outcome["updates"] > run.base_updates
     assert pd.read_csv(tmp_path / "kill" / "metrics.csv")["episodic_return"].notna().any()
@@ -86,19 +95,20 @@ def test_an_actor_killed_mid_run_is_replaced_and_training_goes_on(ray_cluster, t
     assert sorted(run.epsilons.values()) == pytest.approx(sorted(eps))  # the replacement kept index 0's epsilon
 
 
+@pytest.mark.slow
 def test_killing_the_driver_and_rerunning_resumes_from_the_checkpoint(ray_cluster, tmp_path):
     spec = cartpole(tmp_path, "resume", total=5000)
     job = tmp_path / "resume.yaml"
     job.write_text(json.dumps(spec.to_dict()))  # JSON is YAML
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "COLUMNS": "200"}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "COLUMNS": "200",
+           "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "dl_ray.cli", "dqn", str(job)]
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-    state = tmp_path / "resume" / "checkpoint" / "state.pt"
-    deadline = time.monotonic() + 180
-    while not state.is_file() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert first.poll() is None, first.stdout.read().decode()
+    # The driver logs a row, then checkpoints, every 1,000 env steps: once it logs the row at >= 2,000, the checkpoint
+    # at ~1,000 is on disk (and the one at ~2,000 may be half written, which a resume must survive).
+    Lines(first.stdout).wait_for(lambda line: (m := re.match(r"\s*([\d,]+) steps ", line)) is not None
+                                 and int(m[1].replace(",", "")) >= 2000, timeout_s=180)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -123,6 +133,7 @@ def test_resources_the_cluster_lacks_are_refused_before_anything_starts(ray_clus
     assert not (tmp_path / "greedy").exists()
 
 
+@pytest.mark.slow
 def test_max_time_stops_collecting_and_still_evaluates(ray_cluster, tmp_path):
     spec = cartpole(tmp_path, "timed", total=10**7)
     spec = parse_rl_spec(spec.to_dict() | {"dqn": spec.dqn.model_dump() | {"max_time_s": 8}})
@@ -132,6 +143,7 @@ def test_max_time_stops_collecting_and_still_evaluates(ray_cluster, tmp_path):
     assert owed - 16 < summary["updates"] <= owed  # the owed updates (whole learner calls) ran before the end
 
 
+@pytest.mark.slow
 def test_replay_on_the_learner_holds_the_ratio_and_resumes_with_its_replay(ray_cluster, tmp_path):
     raw = cartpole(tmp_path, "on_learner", total=3000).to_dict()
     raw["replay"] |= {"on_learner": True, "save_in_checkpoint": True}
@@ -146,11 +158,12 @@ def test_replay_on_the_learner_holds_the_ratio_and_resumes_with_its_replay(ray_c
     assert first["updates"] + more - 16 < second["updates"] <= first["updates"] + more, (first, second)
 
 
+@pytest.mark.slow
 def test_the_shipped_cartpole_job_learns_to_balance_within_50k_env_steps(ray_cluster, tmp_path):
-    """The issue's CartPole figure is >= 475 over 100 evaluation episodes within 50k env steps: the best of the
-    job's 20 evaluations reached it in 13 of 14 runs on 2 cores (the 14th 474.8; with 10 evaluations, one CI
-    run's best was 189), so this asserts that it learned (>= 250; random play ~22). Evaluations swing (100-500 from
-    one to the next): the best evaluation's weights are kept."""
+    """The issue's CartPole figure is >= 475 over 100 evaluation episodes within 50k env steps. One run's best
+    evaluation varies with the seed and the machine's load (how often runs reach 475: benchmarks/README.md), so this
+    asserts that it learned (>= 250; random play ~22). Evaluations swing from one to the next: the best evaluation's
+    weights are kept."""
     spec = load_rl_spec(ROOT / "jobs" / "rl" / "dqn_cartpole.yaml", [f"storage.path={tmp_path}", "tracking.wandb=disabled"])
     summary = driver.run(spec, Console(file=open(os.devnull, "w")))
     assert summary["env_steps"] <= 50_000 + 8 * 32 and summary["eval/episodes"] == 100

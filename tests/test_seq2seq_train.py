@@ -9,6 +9,7 @@ import yaml
 
 from tests.conftest import cli, write_job
 
+pytestmark = pytest.mark.slow  # trains a seq2seq model (a new process), then a Ray Tune sweep
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

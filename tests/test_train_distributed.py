@@ -4,10 +4,13 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from dl_ray.cli import main
 from dl_ray.train import checkpoints
 from tests.conftest import write_job
 
+pytestmark = pytest.mark.slow  # Ray Train workers (DDP over gloo)
 SECTIONS = dict(model={"name": "mlp", "hidden": [64]}, data={"name": "digits"}, optimizer={"lr": 0.01},
                 scaling={"num_workers": 2}, training={"epochs": 4, "batch_size": 64, "max_failures": 1})
 

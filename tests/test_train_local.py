@@ -30,6 +30,7 @@ def metric_rows(folder):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # the full shipped job, ~40 s
 def test_mnist_lenet_job_reaches_98_percent(tmp_path):
     """The acceptance run: the shipped job on its embedded defaults."""
     assert main(["train", str(ROOT / "jobs/mnist_lenet.yaml"), "--set", f"storage.path={tmp_path}", "--set", "tracking.wandb=disabled"]) == 0
@@ -103,19 +104,16 @@ def test_early_stopping_on_accuracy_ties_keeps_the_checkpoint_it_reports(tmp_pat
     assert s["final"]["val/accuracy"] == pytest.approx(max(acc))
 
 
-def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.slow  # three runs, one killed in its own process
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     sections = dict(model={"name": "mlp", "hidden": [32]}, data={"name": "digits"},
                     training={"epochs": 5, "batch_size": 64}, regularization={"dropout": 0.2})
     whole = write_job(tmp_path, "whole", **sections)
     chaos = write_job(tmp_path, "chaos", **sections)
     assert main(["train", str(whole)]) == 0
-    import os
-
-    os.environ["DL_RAY_FAIL_AT"] = "chaos:3"
-    try:
-        code, _, _ = cli("train", str(chaos))  # the process dies at the start of epoch 3
-    finally:
-        del os.environ["DL_RAY_FAIL_AT"]
+    monkeypatch.setenv("DL_RAY_FAIL_AT", "chaos:3")
+    code, _, _ = cli("train", str(chaos))  # the process dies at the start of epoch 3
+    monkeypatch.delenv("DL_RAY_FAIL_AT")
     assert code == 17
     folder = run_dir(chaos)
     assert sorted(checkpoints.saved(folder)) == [1, 2] and not (folder / "summary.json").exists()

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -41,6 +41,9 @@ class LocalCluster:
     nodes: int
     pids: list[int]
     """``ray start --block`` processes, head first."""
+    address_files: list[str] = field(default_factory=list)
+    """Where each ``ray start`` recorded the cluster as the machine's latest (``<Ray temp folder>/ray_current_cluster``,
+    which a bare ``ray.init()`` joins); ``down`` removes the records that still name this cluster."""
 
     @classmethod
     def load(cls, folder: Path) -> LocalCluster | None:
@@ -79,6 +82,7 @@ def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | None = None, g
         for i in range(nodes):
             role = head if i == 0 else ["--address", gcs_address]
             node = [*role, *common, *_node_ports(), *_temp_dir(temp_dir, i)]
+            cluster.address_files.append(_address_file(temp_dir, i))
             cluster.pids.append(_start(folder / f"node{i}.log", node, env))
             cluster.save()
             _wait_for_nodes(cluster, i + 1, folder / f"node{i}.log", timeout_s)
@@ -95,6 +99,11 @@ def down(folder: Path = DEFAULT_FOLDER, timeout_s: float = 30) -> LocalCluster |
         return None
     for pid in reversed(cluster.pids):
         _stop(pid, timeout_s)
+    # Stopping `ray start --block` leaves its record behind (only `ray stop` clears it, and that stops every Ray
+    # on the machine): a bare ray.init() would then spend a minute trying to reach this dead cluster.
+    for path in map(Path, cluster.address_files or [_address_file(None, 0)]):
+        if path.is_file() and _names(path.read_text().strip(), cluster.gcs_address):  # another cluster's record stays
+            path.unlink()
     (Path(cluster.folder) / STATE_FILE).unlink(missing_ok=True)
     return cluster
 
@@ -150,6 +159,23 @@ def _temp_dir(head_dir: Path | None, node: int) -> list[str]:
         return ["--temp-dir", str(head_dir)] if head_dir else []
     base = head_dir or Path("/tmp/ray")  # Ray's default
     return ["--temp-dir", str(base.with_name(f"{base.name}_node{node}"))]
+
+
+def _address_file(head_dir: Path | None, node: int) -> str:
+    """Where ``ray start`` records node ``node``'s cluster: its temp folder, or Ray's default one (which follows
+    RAY_TMPDIR / TMPDIR, as this process and the ``ray start`` it runs share one environment)."""
+    from ray._common.utils import get_ray_address_file  # Ray's own rule (ray is pinned to 2.60.x)
+
+    flags = _temp_dir(head_dir, node)
+    return get_ray_address_file(flags[1] if flags else None)
+
+
+def _names(record: str, gcs_address: str) -> bool:
+    """Whether Ray's record names our cluster: Ray writes the GCS address with 127.0.0.1 resolved to one of this
+    machine's addresses, so the port must match and the host be this machine."""
+    host, _, port = record.rpartition(":")
+    here = {"localhost", LOCALHOST} | {a.address for addresses in psutil.net_if_addrs().values() for a in addresses}
+    return port == gcs_address.rpartition(":")[2] and host.strip("[]") in here
 
 
 def _wait_for_nodes(cluster: LocalCluster, count: int, log: Path, timeout_s: float) -> None:

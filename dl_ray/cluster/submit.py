@@ -70,7 +70,9 @@ def prepare(job_file: str, command: str | None, overrides: list[str], known_comm
     raw = read_mapping(path)
     base = path.parent / str(raw.get("base", ""))
     if raw.get("base") and base.is_file():  # a sweep over another job file: that file's sections count too
-        raw = _merged(yaml.safe_load(base.read_text()) or {}, raw)
+        from dl_ray.tune.spec import merge_job
+
+        raw = merge_job(yaml.safe_load(base.read_text()) or {}, raw)
     for item in overrides:
         apply_override(raw, item)
     command = command or detect_command(raw)
@@ -121,13 +123,6 @@ def entrypoint(sub: Submission, job_entry: str) -> str:
         uri = sub.storage.path
         command = ["python", "-m", "dl_ray.cluster.mirror", uri, storage.scratch_for(uri), sub.run_name, "--", *command]
     return shlex.join(command)
-
-
-def _merged(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _as_set(overrides: list[str]) -> list[str]:

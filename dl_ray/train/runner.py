@@ -84,7 +84,7 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     from dl_ray.train.progress import follow
 
     # fit() runs in the main thread: in local mode that is where training happens, and torch's CPU
-    # kernels run ~1.5x slower from a secondary thread here (benchmarks/train_overhead.py).
+    # kernels run slower from a secondary thread (figures: benchmarks/README.md).
     done = threading.Event()
     drawer = threading.Thread(target=follow, args=(events, done, console), name="dl-ray-progress", daemon=True)
     drawer.start()

@@ -228,7 +228,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     else:
         base = _load_base(path, raw.pop("base")) if "base" in raw else {}
     raw.pop("base", None)
-    job_raw = _merge(base, raw)
+    job_raw = merge_job(base, raw)
     job_raw["name"] = name
     job = parse_spec(job_raw)
     space = {key: parse_distribution(f"tune.space.{key}", value) for key, value in tune.space.items()}
@@ -298,14 +298,16 @@ def _relative_to(file: Path, target: str | Path) -> Path:
     return target if target.is_absolute() else (file.parent / target).resolve()
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merge_job(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """A sweep file's sections over its base job's: sections merge key by key, except a model or dataset of another
+    name, which replaces the base's whole section (its fields belong to the other one)."""
     out = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model", "data"):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_job(out[key], value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             same = value.get("name", out[key].get("name")) == out[key].get("name")
-            out[key] = _merge(out[key], value) if same else copy.deepcopy(value)  # another model: its own fields
+            out[key] = merge_job(out[key], value) if same else copy.deepcopy(value)  # another model: its own fields
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -7,7 +7,9 @@ default ``max_concurrent_trials`` is derived from the cluster and what one trial
 
 PBT is the exception: a trial can only exploit trials that train at the same time, so the whole
 population runs at once, each trial holding ``min(cpus_per_worker, cluster CPUs / population)``
-(a fraction of a CPU is fine for Ray). Ray's synchronous PBT (``synch=True``) is not used: it hung here.
+(a fraction of a CPU is fine for Ray). PBT runs asynchronously (Ray's default): a trial exploits at its own
+perturbation step instead of waiting there for the whole population (``synch=True`` is not used:
+benchmarks/README.md, "Notes from runs").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What one Tune trial runs. ``config`` holds the sampled values (dotted job paths), ``plan`` the rest.
 
 * ``train_trial``, one CPU worker: the generic loop runs right here, in the trial's process
-  (:class:`~dl_ray.train.session.TuneSession`); starting a TorchTrainer would cost ~35 s a trial.
+  (:class:`~dl_ray.train.session.TuneSession`); starting a TorchTrainer would cost tens of seconds a trial.
 * ``train_trial``, several workers or GPUs: the trial builds and fits a ``TorchTrainer`` (Ray 2.60
   Train V2 pattern); ``TuneReportCallback`` forwards rank 0's reports to Tune.
 * ``evaluate_trial``: one checkpoint, scored by an evaluator with the sampled settings.
