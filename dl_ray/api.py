@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dl_ray.data import DataBundle
     from dl_ray.spec import JobSpec
 
-__all__ = ["Run", "RunError", "SpecError", "evaluate", "job_spec", "load", "registered", "run_folder", "train"]
+__all__ = ["Run", "RunError", "SpecError", "evaluate", "fit", "job_spec", "load", "registered", "run_folder"]
 
 RL_KINDS = ("dqn", "q_learning")
 GENERATIVE_KINDS = ("autoencoder", "vae", "gan")
@@ -61,7 +61,7 @@ def _console(console: "Console | None", quiet: bool) -> "Console":
 def job_spec(job: "str | Path | dict[str, Any] | JobSpec", overrides: Iterable[str] = ()) -> "JobSpec":
     """The resolved, validated job (every default filled in) of a job file, a dict or a spec, with ``overrides``
     (``"a.b=value"``, as ``--set``) applied. Nothing is started or written; bad input raises SpecError."""
-    from dl_ray.spec import JobSpec, apply_override, load_spec, parse_spec
+    from dl_ray.spec import JobSpec, apply_override, load_spec, parse_spec, writable
 
     if isinstance(job, (str, Path)):
         return load_spec(job, list(overrides))
@@ -72,15 +72,11 @@ def job_spec(job: "str | Path | dict[str, Any] | JobSpec", overrides: Iterable[s
     raw = copy.deepcopy(job)
     for item in overrides:
         apply_override(raw, item)
-    spec = parse_spec(raw)
-    if spec.storage.is_uri:
-        raise SpecError(f"storage.path: {spec.storage.path} is a bucket, and a run writes to a folder: send the job with "
-                        "`dl-ray submit` (it mirrors the run folder to the bucket) or give a filesystem path")
-    return spec
+    return writable(parse_spec(raw))
 
 
 def fit(job: "str | Path | dict[str, Any] | JobSpec", overrides: Iterable[str] = (), quiet: bool = False, *,
-          verbose: bool = False, console: "Console | None" = None) -> dict[str, Any]:
+        verbose: bool = False, console: "Console | None" = None) -> dict[str, Any]:
     """Train a job (kind supervised, autoencoder, vae or gan) as ``dl-ray train`` does, and return its summary.
 
     ``job``: a job file path, a dict of the same sections, or a :class:`~dl_ray.spec.JobSpec`; ``overrides``:

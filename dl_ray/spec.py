@@ -239,7 +239,11 @@ def read_job(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
-    spec = parse_spec(read_job(path, overrides))
+    return writable(parse_spec(read_job(path, overrides)))
+
+
+def writable(spec: JobSpec) -> JobSpec:
+    """The spec, if this process can write its run folder (a bucket URI is for jobs sent with `dl-ray submit`)."""
     if spec.storage.is_uri:
         raise SpecError(f"storage.path: {spec.storage.path} is a bucket, and a run writes to a folder: send the job with "
                         "`dl-ray submit` (it mirrors the run folder to the bucket) or give a filesystem path")

@@ -145,4 +145,4 @@ def _build(config: type[DataConfig], json: str) -> DataBundle:
     return DATASETS[cfg.name].build(cfg)
 
 
-from dl_ray.data import dates, images, tabular  # noqa: E402,F401  (register the datasets)
+from dl_ray.data import dates, distributions, images, tabular  # noqa: E402,F401  (register the datasets)

@@ -153,6 +153,7 @@ class DQNRun:
         self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {spec.actors.num_actors} actors x "
                            f"{spec.actors.envs_per_actor} envs, learner on {self.device} → {self.folder.dir}", soft_wrap=True)
         self.t0, self.mark = time.monotonic(), (time.monotonic(), c["env_steps"], self.updates_done)
+        self.collecting_since: float | None = None  # dqn.max_time_s counts from here
         with self._progress() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
             while c["env_steps"] < total and not self._out_of_time():
@@ -180,8 +181,15 @@ class DQNRun:
         return self._finish()
 
     def _out_of_time(self) -> bool:
+        """dqn.max_time_s counts from the first transitions this session collects: starting actors is not training."""
         limit = self.spec.dqn.max_time_s
-        return limit is not None and time.monotonic() - self.t0 >= limit
+        if limit is None:
+            return False
+        if self.collecting_since is None:
+            if self.counters["env_steps"] > self.mark[1]:  # the first log row moves mark only after steps came
+                self.collecting_since = time.monotonic()
+            return False
+        return time.monotonic() - self.collecting_since >= limit
 
     @staticmethod
     def _next(now: int, every: int) -> int:

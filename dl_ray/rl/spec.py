@@ -128,8 +128,8 @@ class DQNSpec(Section):
     log_every_env_steps: int = Field(10_000, ge=1)
     """A metrics.csv row (and a progress line) every so many env steps."""
     max_time_s: float | None = Field(None, gt=0)
-    """Stop collecting after this many seconds of training (the owed updates, the checkpoint and the final
-    evaluation still run); null = run to total_env_steps."""
+    """Stop collecting after this many seconds of training, counted from the first transitions (actor start-up
+    excluded); the owed updates, the checkpoint and the final evaluation still run. null = run to total_env_steps."""
 
 
 class LearnerSpec(Section):
