@@ -18,16 +18,12 @@ from rich.console import Console
 def evaluate_run(run_dir: str | Path, which: Literal["best", "last"] = "best", console: Console | None = None,
                  device: str | torch.device = "cpu") -> dict[str, Any]:
     """Score one generative run folder's test split and redraw its pictures; prints and returns the report."""
-    from dl_ray.data import build_data
-    from dl_ray.runs import checkpoint_of, load_model, load_spec_of
+    from dl_ray.runs import score_test
     from dl_ray.train import checkpoints
-    from dl_ray.train.loop import evaluate
 
-    run_dir, device = Path(run_dir), torch.device(device)
-    checkpoint = checkpoint_of(run_dir, which)
-    model, spec = load_model(checkpoint, spec=load_spec_of(run_dir), device=device)
-    data = build_data(spec.data)
-    metrics = evaluate(model, data, "test", 0, 1, device)
+    run_dir = Path(run_dir)
+    scored = score_test(run_dir, which, torch.device(device))
+    checkpoint, model, spec, data, metrics = scored.checkpoint, scored.model, scored.spec, scored.data, scored.metrics
     match = checkpoints.PATTERN.match(checkpoint.name)
     epoch = int(match.group(1)) if match else int(checkpoints.read(checkpoint)["state"]["epoch"])
     torch.manual_seed(spec.training.seed)

@@ -29,15 +29,11 @@ MAX_CLASSES_SHOWN = 20  # wider confusion matrices are drawn, and printed as per
 def evaluate_run(run_dir: str | Path, which: Literal["best", "last"] = "best", console: Console | None = None,
                  device: str | torch.device = "cpu") -> dict[str, Any]:
     """Score one supervised run folder's test split; prints the report, writes ``eval_test.json`` and the PNGs."""
-    from dl_ray.data import build_data
-    from dl_ray.runs import checkpoint_of, load_model, load_spec_of
-    from dl_ray.train.loop import evaluate
+    from dl_ray.runs import score_test
 
     run_dir, device = Path(run_dir), torch.device(device)
-    checkpoint = checkpoint_of(run_dir, which)
-    model, spec = load_model(checkpoint, spec=load_spec_of(run_dir), device=device)
-    data = build_data(spec.data)
-    metrics = evaluate(model, data, "test", 0, 1, device)
+    scored = score_test(run_dir, which, device)
+    checkpoint, model, spec, data, metrics = scored.checkpoint, scored.model, scored.spec, scored.data, scored.metrics
     out, y = predict(model, data, "test", device)
     report: dict[str, Any] = {"run": str(run_dir), "name": spec.name, "model": spec.model.name, "data": spec.data.name,
                               "checkpoint": str(checkpoint), "weights": which, "split": "test", "task": data.task,

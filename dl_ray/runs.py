@@ -6,6 +6,7 @@ regenerating its data.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,3 +58,25 @@ def load_model(target: str | Path, which: Literal["best", "last"] = "best", spec
     model = build_model(spec.model, io, spec.regularization.dropout)
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), spec
+
+
+@dataclass
+class Scored:
+    """A run's model at one checkpoint, its data, and its metrics on the test split (``dl-ray eval``)."""
+
+    checkpoint: Path
+    model: Any
+    spec: JobSpec
+    data: Any
+    metrics: dict[str, float]
+
+
+def score_test(run_dir: Path, which: Literal["best", "last"] = "best", device: torch.device = torch.device("cpu")) -> Scored:
+    """Load the run's model at its best (or latest) checkpoint and score the test split as training did."""
+    from dl_ray.data import build_data
+    from dl_ray.train.loop import evaluate
+
+    checkpoint = checkpoint_of(run_dir, which)
+    model, spec = load_model(checkpoint, spec=load_spec_of(run_dir), device=device)
+    data = build_data(spec.data)
+    return Scored(checkpoint, model, spec, data, evaluate(model, data, "test", 0, 1, device))

@@ -77,6 +77,17 @@ def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.fixture
+def one_torch_thread():
+    """For modules of tiny networks: intra-op threads do not pay there, and on a busy 2-core box cost several times one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One real local Ray per test module (2 CPUs), as on a laptop."""

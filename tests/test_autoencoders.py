@@ -21,13 +21,7 @@ from dl_ray.train.loop import StepContext
 from tests.conftest import ROOT, write_job
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These layers are too small for intra-op threads to pay; on a busy machine two threads cost several times one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ SMALL = dict(kind="gan", model={"name": "gan_mlp", "g_hidden": [16], "d_hidden":
              data={"name": "distribution", "size": 5000}, optimizers=OPTIMIZERS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one torch thread is faster than two, and much faster on a loaded 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def summary(folder):

@@ -248,7 +248,8 @@ class MLPGAN(GAN):
         dim = io.input_shape[0]
         self.g = nn.Sequential(*_mlp([cfg.noise_dim, *cfg.g_hidden], cfg.g_activation, cfg.negative_slope),
                                nn.Linear(cfg.g_hidden[-1] if cfg.g_hidden else cfg.noise_dim, dim))
-        self.d = nn.Sequential(*_mlp([dim, *cfg.d_hidden], cfg.d_activation, cfg.negative_slope, dropout), nn.Linear(cfg.d_hidden[-1] if cfg.d_hidden else dim, 1))
+        self.d = nn.Sequential(*_mlp([dim, *cfg.d_hidden], cfg.d_activation, cfg.negative_slope, dropout),
+                               nn.Linear(cfg.d_hidden[-1] if cfg.d_hidden else dim, 1))
         self.positive = float(self.target.icdf(cfg.icdf_range[0])) > 0
         self.reports = {"loss": "min", "ks": "min"}
         if self.positive:  # relative errors need quantiles away from 0
