@@ -58,11 +58,10 @@ def plain_pytorch(epochs: int) -> float:
     return statistics.median(rates[1:])
 
 
-def dl_ray_train(workers: int, epochs: int, storage: Path, extra: list[str] = ()) -> tuple[float, float, float]:
+def dl_ray_train(workers: int, epochs: int, storage: Path, name: str) -> tuple[float, float, float]:
     """(median train samples/s, seconds from launch to first step, wall seconds) of one `dl-ray train` process."""
-    name = f"w{workers}_e{epochs}"
     sets = [*PLAIN, f"training.epochs={epochs}", f"scaling.num_workers={workers}", f"storage.path={storage}",
-            f"storage.name={name}", *extra]  # a later storage.name in extra wins
+            f"storage.name={name}"]
     cmd = [sys.executable, "-m", "dl_ray.cli", "train", str(JOB)] + [a for s in sets for a in ("--set", s)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     launched = time.time()
@@ -111,7 +110,7 @@ def main() -> int:
         if ratio < 0.95:
             missed.append(f"loop ratio {ratio:.3f} < 0.95")
         for workers, goal in ((0, 6), (1, 15)):
-            firsts = [dl_ray_train(workers, 1, storage, [f"storage.name=first_{workers}_{r}"])[1] for r in range(args.rounds)]
+            firsts = [dl_ray_train(workers, 1, storage, f"first_{workers}_{r}")[1] for r in range(args.rounds)]
             first = statistics.median(firsts)
             label = "local default (0 workers)" if workers == 0 else "1 Ray worker"
             print(f"launch -> first step, {label:26s} median {first:5.1f} s   (goal <= {goal} s)")
