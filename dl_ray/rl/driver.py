@@ -181,7 +181,7 @@ class DQNRun:
         return self._finish()
 
     def _out_of_time(self) -> bool:
-        """dqn.max_time_s counts from the first transitions this session collects: starting actors is not training."""
+        """dqn.max_time_s counts from the first transitions this run collects: starting actors is not training."""
         limit = self.spec.dqn.max_time_s
         if limit is None:
             return False

@@ -91,7 +91,7 @@ class FailAt:
 
 
 class FirstStep:
-    """Wall clock of this session's first optimizer step (``summary.json``; benchmarks/train_overhead.py)."""
+    """Wall clock of this process's first optimizer step, in ``summary.json`` (launch-to-first-step in benchmarks)."""
 
     def __init__(self):
         self.at: float | None = None
