@@ -45,6 +45,7 @@ FITS = {  # what each sort of run takes besides the run folders (dl-ray eval fla
     "supervised": ("weights",),
     "seq2seq": ("beam", "alpha", "weights"),
     "generative": ("weights",),
+    "detection": ("weights",),
     "rl": ("episodes", "epsilon", "weights", "video", "seed"),
 }
 
@@ -273,13 +274,17 @@ def evaluate_runs(runs: Iterable[str | Path], *, weights: str | None = None, bea
                            console, weights or "best")
     if sort == "generative":
         from dl_ray.eval_generative import evaluate_run
+    elif sort == "detection":
+        from dl_ray.eval_detection import evaluate_run
     else:
         from dl_ray.eval_supervised import evaluate_run
     return [evaluate_run(d, weights or "best", console, device) for d, *_ in found]
 
 
 def _sort_of_kind(kind: str) -> str:
-    """rl, generative, or supervised (which may still be seq2seq: see :func:`_sort_of`)."""
+    """rl, generative, detection, or supervised (which may still be seq2seq: see :func:`_sort_of`)."""
+    if kind == "detection":
+        return "detection"
     return "rl" if kind in RL_KINDS else "generative" if kind in GENERATIVE_KINDS else "supervised"
 
 

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     _job_command(sub, "train", "job", "train a job file (resumes when its run folder exists)",
                  "job YAML, e.g. jobs/mnist_lenet.yaml", "training.epochs=3")
     sub.add_parser("list", help="registered models and datasets with their config fields")
+    # dl-ray describe (dl_ray/describe.py): the job's model layer by layer on its data, nothing trained or written
+    _job_command(sub, "describe", "job", "per layer of the job's model: output shape, parameters, multiply-adds, "
+                 "receptive field", "job YAML, e.g. jobs/mnist_lenet.yaml", "model.pooling=avg", starts=False)
     # dl-ray dqn (dl_ray/rl): DQN on Ray actors, tabular Q-learning
     _job_command(sub, "dqn", "job", "reinforcement learning: DQN on Ray actors or tabular Q-learning (resumes)",
                  "RL job YAML, e.g. jobs/rl/dqn_pong.yaml", "dqn.total_env_steps=100000")
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list(console)
+        if args.command == "describe":
+            from dl_ray.describe import describe_job
+
+            print(describe_job(args.job, args.overrides))
+            return 0
         if args.command in cluster_commands.COMMANDS:
             return cluster_commands.run(args, main, sub.choices, console)
         if args.command == "dqn":
@@ -95,12 +103,16 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _job_command(sub, name: str, positional: str, help: str, what: str, example: str) -> argparse.ArgumentParser:
-    """A subcommand that runs one job file: FILE [--set PATH=VALUE ...] [--dry-run] [--verbose]."""
+def _job_command(sub, name: str, positional: str, help: str, what: str, example: str,
+                 starts: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that runs one job file: FILE [--set PATH=VALUE ...] [--dry-run] [--verbose] (these two only
+    for a command that ``starts`` something)."""
     cmd = sub.add_parser(name, help=help)
     cmd.add_argument(positional, help=what)
     cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                      help=f"override a field, e.g. --set {example} (repeatable)")
+    if not starts:
+        return cmd
     cmd.add_argument("--dry-run", action="store_true", help="validate and print the resolved spec, start nothing")
     cmd.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     return cmd

@@ -10,12 +10,13 @@ from typing import Any, Literal
 
 from dl_ray.errors import SpecError
 
-TrainKind = Literal["supervised", "autoencoder", "vae", "gan"]
+TrainKind = Literal["supervised", "autoencoder", "vae", "gan", "detection"]
 COMMANDS: dict[str, str] = {
     "supervised": "train",  # predictors: classifiers, regressors, seq2seq
     "autoencoder": "train",  # dl_ray/models/autoencoders.py
     "vae": "train",
     "gan": "train",
+    "detection": "train",  # dl_ray/models/yolo.py
     "dqn": "dqn",  # dl_ray/rl: DQN on Ray actors
     "q_learning": "dqn",  # dl_ray/rl/tabular.py
     "sweep": "tune",  # a job + a tune: section (dl_ray/tune)

@@ -6,9 +6,10 @@ the dotted path and, where it is a choice, the allowed values.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -91,7 +92,10 @@ class TrainingSpec(Section):
     batch_size: int | Literal["full"] = 64
     """Global batch (split over workers); 1 = online GD, 'full' = batch GD (one step per epoch)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 = autocast the forward pass to bfloat16 (meant for GPUs)."""
+    """bf16 = autocast the forward pass to bfloat16 (fastest on GPUs with bf16 tensor cores; runs on CPUs too)."""
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
+    """channels_last = convolution weights and image batches stored NHWC, the layout GPU tensor cores
+    (and oneDNN on CPUs) convolve fastest; other tensors are unchanged."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the global gradient norm to this value; null = no clipping."""
     seed: int = 0
@@ -188,7 +192,7 @@ class JobSpec(RunFolder, Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.')."""
     kind: kinds.TrainKind = "supervised"
-    """What is trained (dl-ray train): supervised | autoencoder | vae | gan; the model must be of this kind."""
+    """What is trained (dl-ray train): supervised | autoencoder | vae | gan | detection; the model must be of this kind."""
     description: str = ""
     model: SerializeAsAny[ModelConfig]
     data: SerializeAsAny[DataConfig]
@@ -287,16 +291,29 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def refuse_other_spec(run_dir: Path, spec: dict[str, Any], resumable: tuple[str, ...]) -> None:
-    """A run folder holding a run with another spec is refused: rerunning resumes, it never overwrites."""
+def refuse_other_spec(run_dir: Path, spec: dict[str, Any], resumable: tuple[str, ...],
+                      parse: Callable[[dict], Section] | None = None) -> None:
+    """A run folder holding a run with another spec is refused: rerunning resumes, it never overwrites.
+
+    ``parse`` (the kind's spec parser) reads the saved spec with today's defaults, so a field added to dl_ray
+    since the run started does not count as a change while it keeps its default."""
     saved = run_dir / "spec.yaml"
     if not saved.is_file():
         return
-    before, now = flatten(yaml.safe_load(saved.read_text()) or {}), flatten(spec)
+    before, now = flatten(_with_defaults(yaml.safe_load(saved.read_text()) or {}, parse)), flatten(spec)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and not k.startswith(resumable))
     if changed:
         raise SpecError(f"storage.name: {run_dir} holds a run with a different spec ({', '.join(changed[:4])}); "
                         f"rerun it unchanged to resume, or pick a new --set storage.name=...")
+
+
+def _with_defaults(saved: dict, parse: Callable[[dict], Section] | None) -> dict:
+    if parse is None:
+        return saved
+    try:
+        return parse(copy.deepcopy(saved)).to_dict()
+    except SpecError:  # a field since removed or renamed: compare what was saved, which then differs
+        return saved
 
 
 def parse_spec(raw: dict) -> JobSpec:

@@ -194,6 +194,36 @@ def test_gan_models_refuse_data_they_cannot_learn(tmp_path, capsys, model, data,
 # ---------------------------------------------------------------- learning
 
 
+def test_the_averaged_generator_is_the_mean_of_its_steps_from_average_from():
+    """model.average_from=1: the generator evaluated is the plain mean of the weights after each generator step of
+    epochs 1 and 2 (brute force over a recorded copy); epoch 0's steps are left out; samples come from the mean."""
+    from dl_ray.data import build_data
+    from dl_ray.models import build_model
+    from dl_ray.registry import DATASETS, MODELS
+
+    data = build_data(DATASETS["distribution"].config(name="distribution", size=1000))
+    task = build_model(MODELS["gan_mlp"].config(name="gan_mlp", d_steps=2, g_hidden=[8], d_hidden=[8],
+                                                average_from=1, eval_samples=500), data.io)
+    counting = CountingContext(task)
+    seen = []
+    for epoch in range(3):
+        counting.ctx.epoch = epoch
+        for batch in data.loader("train", 100, epoch=epoch, seed=0):  # 8 batches, 4 generator steps an epoch
+            if "g_loss" in task.training_step(batch, counting.ctx) and epoch >= 1:
+                seen.append([p.detach().clone() for p in task.g.parameters()])
+        if epoch == 0:
+            assert task.evaluated_generator(task.g) is task.g  # nothing averaged yet: the trained generator
+    assert len(seen) == task.averaged_steps == 8
+    for mean, steps in zip(task.g_average.parameters(), zip(*seen)):
+        assert torch.allclose(mean, torch.stack(steps).mean(0), atol=1e-6)
+    u, learned = task.quantiles(500)
+    with torch.no_grad():
+        expected = np.sort(task.g_average(torch.from_numpy(u).float()[:, None]).flatten().double().numpy())
+    assert np.allclose(learned, expected) and not np.allclose(learned, np.sort(
+        task.g(torch.from_numpy(u).float()[:, None]).detach().flatten().double().numpy()))
+    assert task.get_extra_state() == {"d_steps_taken": 24, "averaged_steps": 8}
+
+
 @pytest.mark.slow
 def test_inverse_cdf_exponential_job_shortened(tmp_path):
     """The shipped job with 25 of its 60 epochs (cosine decay over 25): the generator's samples pass a KS bound that an

@@ -28,7 +28,7 @@ def test_a_job_given_to_the_wrong_command_is_one_line(capsys, command, job, says
 
 def test_an_unknown_kind_lists_the_kinds(capsys, tmp_path):
     code, err = run(capsys, "train", str(ROOT / "jobs/mnist_lenet.yaml"), "--set", "kind=diffusion", "--dry-run")
-    assert code == 2 and "kind: unknown job kind 'diffusion'; allowed: supervised, autoencoder, vae, gan, dqn, q_learning, sweep" in err
+    assert code == 2 and "kind: unknown job kind 'diffusion'; allowed: supervised, autoencoder, vae, gan, detection, dqn, q_learning, sweep" in err
 
 
 def test_a_model_of_another_kind_is_refused_by_name(capsys):

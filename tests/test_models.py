@@ -8,6 +8,8 @@ through their TD loss.
 from __future__ import annotations
 
 import functools
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +21,20 @@ from dl_ray.registry import DATASETS, MODELS, Registry
 from dl_ray.train.loop import StepContext
 from dl_ray.train.optim import make_optimizers
 from dl_ray.spec import OptimizerSpec
+from tests.test_cifar import write_cifar_batches
 
 EXTRA_VARIANTS = {"mnist5k": ({"pixels": "unit"}, {"pixels": "binary"})}
 """Dataset settings some families need (autoencoders want pixels in [0, 1], a VAE binary ones)."""
+
+
+@functools.cache
+def offline(name: str) -> dict[str, Path]:
+    """Settings of a dataset that downloads by default: files written once per session instead (no network)."""
+    if name != "cifar10":
+        return {}
+    folder = Path(tempfile.mkdtemp())
+    write_cifar_batches(folder)
+    return {"path": folder}
 
 
 @functools.cache
@@ -30,7 +43,7 @@ def supervised_examples() -> dict[str, tuple[ModelIO, tuple[torch.Tensor, ...]]]
     out = {}
     for name in DATASETS.names():
         for extra in ({}, *EXTRA_VARIANTS.get(name, ())):
-            data = build_data(DATASETS[name].config(name=name, **extra))
+            data = build_data(DATASETS[name].config(name=name, **offline(name), **extra))
             out[f"{name}{extra or ''}"] = (data.io, data.example_batch(8))
     return out
 
@@ -110,7 +123,7 @@ def td_step(net, obs: torch.Tensor, actions: int) -> None:
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_every_dataset_splits_disjointly_and_deterministically(name):
-    cfg = DATASETS[name].config(name=name)
+    cfg = DATASETS[name].config(name=name, **offline(name))
     a, b = DATASETS[name].build(cfg), build_data(cfg)
     sizes = [len(a.train), len(a.val), len(a.test)]
     assert min(sizes) > 0 and sizes[0] > sizes[1]

@@ -144,6 +144,18 @@ def test_a_different_spec_under_the_same_name_is_refused(tmp_path, capsys):
     assert (run_dir(job) / "spec.yaml").read_text() == saved
 
 
+def test_a_run_saved_before_a_field_existed_resumes_while_the_field_keeps_its_default(tmp_path, capsys):
+    job = write_job(tmp_path, "older", model={"name": "mlp", "hidden": [16]}, data={"name": "digits"},
+                    training={"epochs": 1})
+    assert main(["train", str(job)]) == 0
+    saved = yaml.safe_load((run_dir(job) / "spec.yaml").read_text())
+    del saved["training"]["memory_format"]  # as written by a dl_ray without that field
+    (run_dir(job) / "spec.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(["train", str(job), "--set", "training.epochs=2"]) == 0
+    assert main(["train", str(job), "--set", "training.memory_format=channels_last"]) == 2
+    assert "different spec (training.memory_format)" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     job = write_job(tmp_path, "nan", model={"name": "mlp", "hidden": [64]}, data={"name": "diabetes"},
                     optimizer={"name": "sgd", "lr": 0.13, "momentum": 0.9}, training={"epochs": 10, "batch_size": 16})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ class DataBundle:
     """Classes for multiclass, 1 for binary and regression."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Family-specific facts the model needs (vocabularies, lengths, ...)."""
+    batch_transform: Callable[[tuple], tuple] | None = None
+    """Applied to every batch of every split (before augmentation): e.g. uint8 images to normalised floats,
+    so that a worker holds bytes, not float32 copies."""
 
     @property
     def io(self):
@@ -54,7 +57,8 @@ class DataBundle:
         return ModelIO(self.input_shape, self.num_outputs, self.task, self.meta)
 
     def example_batch(self, n: int = 4) -> tuple[torch.Tensor, ...]:
-        return tuple(t[:n] for t in self.train.tensors)
+        batch = tuple(t[:n] for t in self.train.tensors)
+        return self.batch_transform(batch) if self.batch_transform else batch
 
     def loader(self, split: str, batch_size: int, *, epoch: int = 0, rank: int = 0, world: int = 1,
                seed: int | None = None, augment: Any = None) -> "Batches":
@@ -73,8 +77,8 @@ class DataBundle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
             padded = torch.cat([order, order[: (-n) % world]])
             index = padded[rank::world]
-        transform = _augmenter(augment) if augment is not None and augment.enabled else None
-        return Batches(tensors, index, batch_size, transform)
+        augmenter = _augmenter(augment) if augment is not None and augment.enabled else None
+        return Batches(tensors, index, batch_size, _then(self.batch_transform, augmenter))
 
 
 class Batches:
@@ -90,6 +94,13 @@ class Batches:
         for chunk in self.index.split(self.batch_size):
             batch = tuple(t[chunk] for t in self.tensors)
             yield self.transform(batch) if self.transform else batch
+
+
+def _then(first, second):
+    """The transform ``second(first(batch))``, where either may be None (skipped)."""
+    if first is None or second is None:
+        return first or second
+    return lambda batch: second(first(batch))
 
 
 def _augmenter(augment):
@@ -146,3 +157,5 @@ def _build(config: type[DataConfig], json: str) -> DataBundle:
 
 
 from dl_ray.data import dates, distributions, images, tabular  # noqa: E402,F401  (register the datasets)
+from dl_ray.data import cifar  # noqa: E402,F401  (CIFAR-10 from its python batch files)
+from dl_ray.data import detection  # noqa: E402,F401  (digit canvases: ragged detection targets)

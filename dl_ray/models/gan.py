@@ -23,7 +23,8 @@ Two families:
 * ``gan_mlp`` — the inverse-CDF lesson on ``data.name: distribution``: G maps u ~ U(0, 1) to a sample; it learns
   (up to sorting) the target's inverse CDF. Reports the Kolmogorov-Smirnov statistic of ``eval_samples`` samples
   against the analytic CDF, and for a positive target the relative error of the sorted G(u) against the
-  analytic inverse CDF on u in [0.05, 0.95]; draws ``inverse_cdf.png``.
+  analytic inverse CDF on u in [0.05, 0.95]; draws ``inverse_cdf.png``. With ``average_from``, all of that is
+  scored on the mean of the generator's weights from that epoch on (checkpointed with the step count).
 * ``dcgan`` — a small DCGAN on images in [0, 1] (``data.pixels: unit``); draws ``samples_epoch_NNNN.png`` every
   ``sample_every`` epochs; with ``judge:`` (a trained lenet5 run) reports the judge's confidence, the share of
   the rarest digit and the Frechet distance to the real digits in LeNet's 84-d features
@@ -31,6 +32,7 @@ Two families:
 """
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -145,11 +147,16 @@ class GAN(Task):
         """``n`` generated samples on the CPU (the generator in eval mode; ``generator`` seeds the noise)."""
         was_training = self.training
         self.eval()
-        device = next(self.g.parameters()).device
-        out = torch.cat([self.g(self.noise(len(c), device, generator)).float().cpu()
+        g = self.evaluated_generator(self.g)
+        device = next(g.parameters()).device
+        out = torch.cat([g(self.noise(len(c), device, generator)).float().cpu()
                          for c in torch.arange(n).split(4096)])
         self.train(was_training)
         return out
+
+    def evaluated_generator(self, g: nn.Module) -> nn.Module:
+        """The generator that evaluation, samples and pictures use (``g``: the trained one)."""
+        return g
 
     # ---- the counter of discriminator steps (checkpointed with the weights: a resumed run keeps its k-cycle)
     def get_extra_state(self) -> dict[str, int]:
@@ -200,7 +207,7 @@ class GAN(Task):
 
     def eval_step(self, batch, metrics, nets) -> None:
         real = batch[0]
-        fake = nets["generator"](self.noise(len(real), real.device, self._eval_noise))
+        fake = self.evaluated_generator(nets["generator"])(self.noise(len(real), real.device, self._eval_noise))
         logits = nets["discriminator"](torch.cat([real, fake.to(real.dtype)])).float().flatten()
         n = len(real)
         metrics["loss"].update(self.d_objective(logits[:n], logits[n:]) * n, n)
@@ -233,6 +240,10 @@ class MLPGANConfig(GANConfig):
     """Generated samples scored per evaluation (Kolmogorov-Smirnov against the analytic CDF, the inverse-CDF grid)."""
     icdf_range: tuple[float, float] = (0.05, 0.95)
     """u range on which the sorted G(u) is compared with the analytic inverse CDF."""
+    average_from: int | None = Field(None, ge=0)
+    """0-based epoch from which the generator's weights are averaged (a uniform running mean after every generator
+    step) for evaluation, pictures and the final report: the game circles around its equilibrium instead of
+    settling, and the mean of the circling iterates lies nearer it than any one of them. null = the last weights."""
 
 
 class MLPGAN(GAN):
@@ -250,6 +261,10 @@ class MLPGAN(GAN):
                                nn.Linear(cfg.g_hidden[-1] if cfg.g_hidden else cfg.noise_dim, dim))
         self.d = nn.Sequential(*_mlp([dim, *cfg.d_hidden], cfg.d_activation, cfg.negative_slope, dropout),
                                nn.Linear(cfg.d_hidden[-1] if cfg.d_hidden else dim, 1))
+        self.g_average: nn.Module | None = None  # not a network the loop trains: no optimizer, no DDP
+        if cfg.average_from is not None:
+            self.g_average = copy.deepcopy(self.g).requires_grad_(False)
+        self.averaged_steps = 0
         self.positive = float(self.target.icdf(cfg.icdf_range[0])) > 0
         self.reports = {"loss": "min", "ks": "min"}
         if self.positive:  # relative errors need quantiles away from 0
@@ -263,6 +278,28 @@ class MLPGAN(GAN):
             return (f"model.name=gan_mlp learns a 1-D distribution of known CDF (data.name: distribution); this data "
                     f"has shape {io.input_shape} and task {io.task!r}")
         return None
+
+    def evaluated_generator(self, g: nn.Module) -> nn.Module:
+        return self.g_average if self.g_average is not None and self.averaged_steps else g
+
+    def training_step(self, batch: Any, ctx: StepContext) -> dict[str, Any]:
+        out = super().training_step(batch, ctx)
+        if self.g_average is not None and "g_loss" in out and ctx.epoch >= self.cfg.average_from:
+            self.averaged_steps += 1
+            with torch.no_grad():
+                for mean, now in zip(self.g_average.parameters(), self.g.parameters()):
+                    mean.lerp_(now, 1.0 / self.averaged_steps)  # the first step copies
+        return out
+
+    # the number of averaged generator steps goes into checkpoints: a resumed run keeps weighting them equally
+    def get_extra_state(self) -> dict[str, int]:
+        extra = super().get_extra_state()
+        return extra if self.g_average is None else {**extra, "averaged_steps": self.averaged_steps}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        super().set_extra_state(state)
+        if self.g_average is not None:
+            self.averaged_steps = int(state["averaged_steps"])
 
     @torch.no_grad()
     def scores(self, seed: int = EVAL_SEED) -> dict[str, float]:
@@ -295,8 +332,9 @@ class MLPGAN(GAN):
             z = self.noise(n, "cpu", torch.Generator().manual_seed(EVAL_SEED + 1))
         was_training = self.training
         self.eval()
-        device = next(self.g.parameters()).device
-        out = self.g(z.to(device)).float().cpu().flatten().double().numpy()
+        g = self.evaluated_generator(self.g)
+        device = next(g.parameters()).device
+        out = g(z.to(device)).float().cpu().flatten().double().numpy()
         self.train(was_training)
         return u.numpy(), np.sort(out)
 
@@ -317,8 +355,9 @@ class MLPGAN(GAN):
         u, learned = self.quantiles(n)
         raw = None
         if self.cfg.noise == "uniform" and self.cfg.noise_dim == 1:
-            device = next(self.g.parameters()).device
-            raw = self.g(torch.from_numpy(u).float()[:, None].to(device)).float().cpu().flatten().numpy()
+            g = self.evaluated_generator(self.g)
+            device = next(g.parameters()).device
+            raw = g(torch.from_numpy(u).float()[:, None].to(device)).float().cpu().flatten().numpy()
         samples = self.sample(n, torch.Generator().manual_seed(EVAL_SEED)).flatten().numpy()
         plt = pyplot()
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))

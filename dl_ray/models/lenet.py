@@ -19,6 +19,9 @@ class LeNetConfig(ModelConfig):
     """Non-linearity after every layer: relu | leaky_relu | sigmoid | tanh (the paper: tanh)."""
     pooling: Literal["max", "avg"] = "max"
     """Subsampling: max (usually more accurate) or avg (the paper)."""
+    downsample: Literal["pool", "stride"] = "pool"
+    """pool: stride-1 convolutions, each followed by 2x2 pooling (the paper); stride: stride-2 convolutions and no
+    pooling (the same map sizes and parameters, a quarter of the convolutions' multiply-adds)."""
     batch_norm: bool = False
     """Batch normalisation after each convolution (not in the paper)."""
 
@@ -27,11 +30,13 @@ class LeNet5(TaskModel):
     def __init__(self, cfg: LeNetConfig, io: ModelIO, dropout: float = 0.0):
         super().__init__(io)
         pool = nn.MaxPool2d if cfg.pooling == "max" else nn.AvgPool2d
+        s = 2 if cfg.downsample == "stride" else 1
+        pool = (lambda _: nn.Identity()) if s == 2 else pool
         c1, c2 = cfg.channels
         norm = (lambda c: nn.BatchNorm2d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
         self.features = nn.Sequential(
-            nn.Conv2d(io.input_shape[0], c1, 5, padding=2), norm(c1), activation(cfg.activation), pool(2),
-            nn.Conv2d(c1, c2, 5), norm(c2), activation(cfg.activation), pool(2), nn.Flatten(),
+            nn.Conv2d(io.input_shape[0], c1, 5, stride=s, padding=2), norm(c1), activation(cfg.activation), pool(2),
+            nn.Conv2d(c1, c2, 5, stride=s), norm(c2), activation(cfg.activation), pool(2), nn.Flatten(),
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, *io.input_shape)).shape[1]

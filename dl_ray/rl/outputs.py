@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import yaml
 
-from dl_ray.rl.spec import RLJobSpec
+from dl_ray.rl.spec import RLJobSpec, parse_rl_spec
 from dl_ray.spec import refuse_other_spec
 from dl_ray.tracking import History, WandbRun, write_summary
 
@@ -32,7 +32,7 @@ class RunFolder:
 
     def check(self) -> None:
         """A folder holding a run with another spec is refused (nothing is overwritten)."""
-        refuse_other_spec(self.dir, self.spec.to_dict(), RESUMABLE)
+        refuse_other_spec(self.dir, self.spec.to_dict(), RESUMABLE, parse_rl_spec)
 
     def open(self) -> dict[str, Any] | None:
         """Create the folder, start tracking; returns the last checkpoint (or None for a fresh run)."""

@@ -139,6 +139,9 @@ class Worker:
             self.state = Progress(**saved["state"])
 
     def prepare(self) -> None:
+        channels_last = self.spec.training.memory_format == "channels_last"
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.task.to(memory_format=self.memory_format)  # before DDP, whose gradient buckets copy the weights' strides
         self.nets = {name: self.ray.prepare_model(net) for name, net in self.task.networks().items()}  # [Ray] DDP, device
         self.task.to(self.device)
         self.history = History(self.run_dir / "metrics.csv")
@@ -162,7 +165,7 @@ class Worker:
         self.task.train()
         self.ctx.epoch, logged = epoch, {}
         for step, batch in enumerate(batches, 1):
-            out = self.task.training_step(to_device(batch, self.device), self.ctx)
+            out = self.task.training_step(to_device(batch, self.device, self.memory_format), self.ctx)
             for name, value in out.items():
                 total, count = value if isinstance(value, tuple) else (value, 1.0)
                 if name not in logged:  # one metric per name for the epoch (building one per step costs ~1 ms)
@@ -286,12 +289,14 @@ def evaluate(task: Task, data: DataBundle, split: str, rank: int, world: int, de
     return {f"{name or split}/{n}": float(m.compute()) for n, m in metrics.items()}
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors of a batch (a tensor, or tuples / lists / dicts of them) on ``device``."""
+def to_device(batch: Any, device: torch.device, memory_format: torch.memory_format = torch.preserve_format) -> Any:
+    """Tensors of a batch (a tensor, or tuples / lists / dicts of them) on ``device``; 4-D ones (image batches)
+    in ``memory_format``."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        layout = memory_format if batch.dim() == 4 else torch.preserve_format
+        return batch.to(device, non_blocking=True, memory_format=layout)
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device, memory_format) for b in batch)
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, memory_format) for k, v in batch.items()}
     return batch

@@ -54,7 +54,7 @@ def prepare_folder(spec: JobSpec) -> None:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SpecError(f"storage.path: cannot create the run folder {spec.run_dir}: {e.strerror}") from None
-    refuse_other_spec(spec.run_dir, spec.to_dict(), RESUMABLE_CHANGES)
+    refuse_other_spec(spec.run_dir, spec.to_dict(), RESUMABLE_CHANGES, parse_spec)
 
 
 def check_metric(field: str, metric: str, task, splits: tuple[str, ...] = ("val", "test")) -> str:

@@ -182,5 +182,9 @@ def write_outputs(grid, trials: dict[str, Any], sweep: Sweep, console: Console) 
     if best is not None:
         write_best(best, sweep, folder / "best.yaml")
         console.print(f"best: {best['trial']} {sweep.tune.metric}={fmt(best[sweep.tune.metric])} → {folder / 'best.yaml'}", highlight=False)
+    if sweep.tune.compare:
+        from dl_ray.experiments import write_comparison
+
+        write_comparison(rows, sweep, console)
     console.print(f"sweep folder: {folder}  (results.csv, best.yaml, params.png, curves.png, one run folder per trial)", highlight=False)
     return rows, best

@@ -146,6 +146,9 @@ class TuneSpec(BaseModel):
     """Stop the whole sweep after this many seconds (running trials are stopped)."""
     max_failures: int = Field(1, ge=0)
     """Retries of a failed trial (from its latest checkpoint) before it is reported as failed."""
+    compare: bool = False
+    """An experiment: also write comparison.csv (parameters, multiply-adds, errors per setting, seeds averaged) and
+    comparison.png (error against epoch per setting), see dl_ray.experiments."""
     trial: Literal["train", "evaluate"] = "train"
     """train: each trial trains the job; evaluate: each trial evaluates one checkpoint with the sampled settings."""
     checkpoint: str | None = None
