@@ -141,3 +141,27 @@ def test_after_cluster_up_and_down_dl_ray_starts_its_own_local_ray_at_once():
         assert time.monotonic() - started < 60  # a start, not a minute of retries against the dead address
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # Ray's session folders; a leftover socket must not fail the test
+
+
+def test_free_ports_for_ray_never_repeat_nor_fall_in_rays_worker_range(monkeypatch):
+    """The OS may hand out a just-probed port again, or one in 10002-19999: Ray then refuses to start the node."""
+    from dl_ray.cluster import local
+
+    offered = iter([51305, 51305, 12000, 51306])
+
+    class Probe:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(local.socket, "socket", Probe)
+    monkeypatch.setattr(local, "_handed_out", set())
+    assert [local._free_port(), local._free_port()] == [51305, 51306]

@@ -139,10 +139,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# Ray refuses to start a node whose component ports repeat or fall in its worker range (10002-19999). A probed port
+# is free again once its probe closes, so the OS may hand it out twice (seen: two components given 51305), and an
+# ephemeral range (ip_local_port_range) may include the worker range.
+RAY_WORKER_PORTS = range(10002, 20000)
+_handed_out: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind((LOCALHOST, 0))
+            port = s.getsockname()[1]
+        if port not in RAY_WORKER_PORTS and port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _node_ports() -> list[str]:
