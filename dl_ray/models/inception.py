@@ -117,20 +117,12 @@ class InceptionModule(nn.Module):
 
 
 def module_cost(module: nn.Module, c_in: int, side: int) -> tuple[int, int]:
-    """(parameters, multiply-adds) of a module on a c_in x side x side input: every convolution's output
-    pixels x its kernel volume (pooling and batch norm are not counted)."""
-    macs = 0
+    """(parameters, multiply-adds) of a module on a c_in x side x side input, as ``dl-ray describe`` counts them:
+    every convolution's output pixels x its kernel volume (pooling and batch norm cost none)."""
+    from dl_ray.describe import summarize  # the one counter of multiply-adds
 
-    def count(layer: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal macs
-        macs += output[0].numel() * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-
-    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        module.eval()(torch.zeros(1, c_in, side, side))
-    for hook in hooks:
-        hook.remove()
-    return sum(p.numel() for p in module.parameters()), macs
+    summary = summarize(module, (torch.zeros(1, c_in, side, side),))
+    return summary.params, summary.macs
 
 
 class GoogLeNet(ConvClassifier):
