@@ -40,12 +40,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Run", "RunError", "SpecError", "evaluate", "fit", "job_spec", "load", "registered", "run_folder"]
 
 RL_KINDS = ("dqn", "q_learning")
-GENERATIVE_KINDS = ("autoencoder", "vae", "gan")
+GENERATIVE_KINDS = ("autoencoder", "vae", "gan", "language_model")  # eval: test metrics, samples drawn again
 FITS = {  # what each sort of run takes besides the run folders (dl-ray eval flags)
     "supervised": ("weights",),
     "seq2seq": ("beam", "alpha", "weights"),
     "generative": ("weights",),
     "detection": ("weights",),
+    "metric_learning": ("weights",),
     "rl": ("episodes", "epsilon", "weights", "video", "seed"),
 }
 
@@ -276,15 +277,17 @@ def evaluate_runs(runs: Iterable[str | Path], *, weights: str | None = None, bea
         from dl_ray.eval_generative import evaluate_run
     elif sort == "detection":
         from dl_ray.eval_detection import evaluate_run
+    elif sort == "metric_learning":
+        from dl_ray.eval_siamese import evaluate_run
     else:
         from dl_ray.eval_supervised import evaluate_run
     return [evaluate_run(d, weights or "best", console, device) for d, *_ in found]
 
 
 def _sort_of_kind(kind: str) -> str:
-    """rl, generative, detection, or supervised (which may still be seq2seq: see :func:`_sort_of`)."""
-    if kind == "detection":
-        return "detection"
+    """rl, generative, detection, metric_learning, or supervised (which may still be seq2seq: see :func:`_sort_of`)."""
+    if kind in ("detection", "metric_learning"):
+        return kind
     return "rl" if kind in RL_KINDS else "generative" if kind in GENERATIVE_KINDS else "supervised"
 
 

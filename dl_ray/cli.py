@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                         "sweep YAML (a job + a tune: section), e.g. jobs/sweeps/mnist_lr_decay_dropout.yaml",
                         "tune.num_samples=4")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep (fails if there is none)")
+    # dl-ray analyze (dl_ray/analysis.py): jobs that train nothing (the gradient-flow lesson, debiasing word vectors)
+    _job_command(sub, "analyze", "job", "run an analysis job, which trains nothing: the RNN gradient-flow lesson, "
+                 "debiasing word vectors", "analysis job YAML, e.g. jobs/experiments/vanishing_gradients.yaml",
+                 "analysis.seeds=3", starts=False)
 
     # --- dl-ray eval (dl_ray/api.py evaluate_runs), by the run's kind: a classifier or regressor (dl_ray/eval_supervised.py:
     #     confusion matrix, most confident mistakes), a seq2seq run (dl_ray/eval_seq2seq.py: BLEU, beam search, error
@@ -77,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             return cluster_commands.run(args, main, sub.choices, console)
         if args.command == "dqn":
             return _dqn(args, console)
+        if args.command == "analyze":
+            from dl_ray.analysis import command
+
+            return command(args.job, args.overrides, console)
         if args.command == "eval":
             return _eval(args, console)
         if args.command == "tune":
@@ -166,7 +174,22 @@ def _list(console: Console) -> int:
             fields = "\n".join(f"{f}: {kind}  {doc}" for f, kind, doc in describe_fields(entry.config))
             table.add_row(name, entry.doc, fields)
         console.print(table)
+    console.print(_analyses_table())
     return 0
+
+
+def _analyses_table():
+    from rich.table import Table
+
+    from dl_ray.analysis import ANALYSES
+    from dl_ray.spec import describe_fields
+
+    table = Table(title="analyses (dl-ray analyze)", show_lines=True)
+    for col in ("kind", "what", "config fields"):
+        table.add_column(col)
+    for kind, entry in sorted(ANALYSES.items()):
+        table.add_row(kind, entry.doc, "\n".join(f"{f}: {t}  {doc}" for f, t, doc in describe_fields(entry.config)))
+    return table
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``dl-ray eval`` of a generative run (kind autoencoder, vae or gan): its test metrics and its pictures again.
+"""``dl-ray eval`` of a generative run (kind autoencoder, vae, gan or language_model): its test metrics and its
+pictures (a language model's samples) again.
 
 The model is rebuilt from the run's best (or latest) checkpoint, its test split scored with the loop's own
 ``evaluate``, and the family's ``artifacts`` (reconstructions, samples, interpolations: whatever the family

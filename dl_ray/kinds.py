@@ -10,16 +10,22 @@ from typing import Any, Literal
 
 from dl_ray.errors import SpecError
 
-TrainKind = Literal["supervised", "autoencoder", "vae", "gan", "detection"]
+TrainKind = Literal["supervised", "autoencoder", "vae", "gan", "detection", "language_model", "embedding",
+                    "metric_learning"]
 COMMANDS: dict[str, str] = {
     "supervised": "train",  # predictors: classifiers, regressors, seq2seq
     "autoencoder": "train",  # dl_ray/models/autoencoders.py
     "vae": "train",
     "gan": "train",
     "detection": "train",  # dl_ray/models/yolo.py
+    "language_model": "train",  # dl_ray/models/language_model.py
+    "embedding": "train",  # dl_ray/models/word2vec.py, glove.py
+    "metric_learning": "train",  # dl_ray/models/siamese.py
     "dqn": "dqn",  # dl_ray/rl: DQN on Ray actors
     "q_learning": "dqn",  # dl_ray/rl/tabular.py
     "sweep": "tune",  # a job + a tune: section (dl_ray/tune)
+    "gradient_flow": "analyze",  # dl_ray/rnn_gradients.py: nothing is trained (dl_ray/analysis.py)
+    "debias": "analyze",  # dl_ray/debias.py
 }
 DEFAULT = "supervised"
 
@@ -33,7 +39,7 @@ def kind_of(raw: dict[str, Any]) -> str:
 
 
 def command_for(raw: dict[str, Any]) -> str:
-    """The ``dl-ray`` command that runs this job file: train, dqn or tune."""
+    """The ``dl-ray`` command that runs this job file: train, dqn, tune or analyze."""
     return COMMANDS[kind_of(raw)]
 
 

@@ -97,7 +97,10 @@ class TrainingSpec(Section):
     """channels_last = convolution weights and image batches stored NHWC, the layout GPU tensor cores
     (and oneDNN on CPUs) convolve fastest; other tensors are unchanged."""
     grad_clip: float | None = Field(None, gt=0)
-    """Clip the global gradient norm to this value; null = no clipping."""
+    """Clip gradients at this value (how: grad_clip_mode); null = no clipping."""
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    """norm: rescale all gradients together so their global L2 norm is at most grad_clip (keeps the direction);
+    value: clamp every gradient entry to [-grad_clip, grad_clip] (bounds each step, may turn it)."""
     seed: int = 0
     """Seeds model initialisation, shuffling, dropout and augmentation."""
     checkpoint_every: int = Field(1, ge=1)
@@ -192,7 +195,8 @@ class JobSpec(RunFolder, Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.')."""
     kind: kinds.TrainKind = "supervised"
-    """What is trained (dl-ray train): supervised | autoencoder | vae | gan | detection; the model must be of this kind."""
+    """What is trained (dl-ray train): supervised | autoencoder | vae | gan | detection | language_model |
+    embedding | metric_learning; the model must be of this kind."""
     description: str = ""
     model: SerializeAsAny[ModelConfig]
     data: SerializeAsAny[DataConfig]

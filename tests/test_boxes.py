@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dl_ray.detection import batched_nms, box_area, box_iou, cxcywh_to_xyxy, filter_and_nms, nms, xyxy_to_cxcywh
+from dl_ray.detection.boxes import filter_and_nms_images
 
 
 def iou_reference(a: list[float], b: list[float]) -> float:
@@ -70,6 +71,19 @@ def test_filter_and_nms_is_threshold_then_per_class_nms(seed):
     idx = torch.tensor(passing, dtype=torch.long)
     expected = [passing[i] for i in nms_reference(boxes[idx], scores[idx], labels[idx], 0.5)]
     assert filter_and_nms(boxes, scores, labels, 0.6, 0.5).tolist() == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_of_images_is_decided_as_each_image_alone(seed):
+    gen = torch.Generator().manual_seed(200 + seed)
+    boxes = torch.stack([random_boxes(gen, 50, integer=seed % 2 == 0) for _ in range(7)])
+    scores = (torch.rand(7, 50, generator=gen) * 8).round() / 8  # ties within and across images
+    scores[3] = 0.0  # an image with no box over the threshold
+    labels = torch.randint(0, 3, (7, 50), generator=gen)
+    kept = filter_and_nms_images(boxes, scores, labels, 0.5, 0.45)
+    assert [k.tolist() for k in kept] == [filter_and_nms(b, s, c, 0.5, 0.45).tolist()
+                                          for b, s, c in zip(boxes, scores, labels)]
+    assert kept[3].numel() == 0
 
 
 def test_iou_of_known_boxes():

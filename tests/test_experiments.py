@@ -86,7 +86,10 @@ def test_comparison_averages_seeds_per_setting_and_counts_each_model(tmp_path):
     assert paths[1].stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+SWEEPS = [p for p in sorted(EXPERIMENTS.glob("*.yaml")) if yaml.safe_load(p.read_text()).get("kind") == "sweep"]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_every_experiment_is_a_comparison_sweep_with_its_measured_figures(path):
     sweep = load_sweep(path)
     assert sweep.tune.compare and sweep.tune.search == "grid" and sweep.tune.scheduler.name == "fifo"

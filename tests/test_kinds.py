@@ -26,9 +26,16 @@ def test_a_job_given_to_the_wrong_command_is_one_line(capsys, command, job, says
     assert code == 2 and err.startswith("error: kind: ") and says in err
 
 
+def test_a_training_job_given_to_analyze_is_one_line(capsys, tmp_path):
+    code, err = run(capsys, "analyze", str(ROOT / "jobs/mnist_lenet.yaml"), "--set", f"storage.path={tmp_path}")
+    assert code == 2 and "is a supervised job, which `dl-ray train` runs; `dl-ray analyze` takes kind gradient_flow, debias" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_unknown_kind_lists_the_kinds(capsys, tmp_path):
     code, err = run(capsys, "train", str(ROOT / "jobs/mnist_lenet.yaml"), "--set", "kind=diffusion", "--dry-run")
-    assert code == 2 and "kind: unknown job kind 'diffusion'; allowed: supervised, autoencoder, vae, gan, detection, dqn, q_learning, sweep" in err
+    assert code == 2 and ("kind: unknown job kind 'diffusion'; allowed: supervised, autoencoder, vae, gan, detection, "
+                          "language_model, embedding, metric_learning, dqn, q_learning, sweep, gradient_flow, debias") in err
 
 
 def test_a_model_of_another_kind_is_refused_by_name(capsys):

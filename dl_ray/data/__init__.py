@@ -148,7 +148,7 @@ def build_data(cfg: DataConfig) -> DataBundle:
     return _build(type(cfg), cfg.model_dump_json())
 
 
-@functools.lru_cache(maxsize=16)  # one per dataset variant a process uses: a test session builds each once
+@functools.lru_cache(maxsize=32)  # one per dataset variant a process uses: a test session builds each once
 def _build(config: type[DataConfig], json: str) -> DataBundle:
     from dl_ray.registry import DATASETS
 
@@ -159,3 +159,7 @@ def _build(config: type[DataConfig], json: str) -> DataBundle:
 from dl_ray.data import dates, distributions, images, tabular  # noqa: E402,F401  (register the datasets)
 from dl_ray.data import cifar  # noqa: E402,F401  (CIFAR-10 from its python batch files)
 from dl_ray.data import detection  # noqa: E402,F401  (digit canvases: ragged detection targets)
+from dl_ray.data import text  # noqa: E402,F401  (language-model token streams: wiki_chars, wiki_words)
+from dl_ray.data import pairs  # noqa: E402,F401  (P x K class batches: Siamese networks, one-shot digits)
+from dl_ray.data import reviews  # noqa: E402,F401  (sentiment: Rotten Tomatoes sentences, 1-5 star review CSVs)
+from dl_ray.data import skipgram  # noqa: E402,F401  (word vectors: windows per epoch, co-occurrence counts)

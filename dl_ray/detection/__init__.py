@@ -8,9 +8,10 @@ from dl_ray.detection.boxes import (
     check_threshold,
     cxcywh_to_xyxy,
     filter_and_nms,
+    filter_and_nms_images,
     nms,
     xyxy_to_cxcywh,
 )
 
 __all__ = ["MeanAveragePrecision", "batched_nms", "box_area", "box_iou", "check_boxes", "check_threshold",
-           "cxcywh_to_xyxy", "filter_and_nms", "nms", "xyxy_to_cxcywh"]
+           "cxcywh_to_xyxy", "filter_and_nms", "filter_and_nms_images", "nms", "xyxy_to_cxcywh"]

@@ -179,3 +179,23 @@ def filter_and_nms(boxes: Tensor, scores: Tensor, labels: Tensor, score_threshol
     candidates = torch.nonzero(scores >= score_threshold).flatten()
     kept = _ranked_nms(boxes[candidates], scores[candidates], labels[candidates], iou_threshold)
     return candidates[kept]
+
+
+def filter_and_nms_images(boxes: Tensor, scores: Tensor, labels: Tensor, score_threshold: float,
+                          iou_threshold: float) -> list[Tensor]:
+    """:func:`filter_and_nms` for a batch of images at once: ``boxes`` (N, A, 4), ``scores`` and ``labels`` (N, A).
+
+    One suppression over the whole batch, with each (image, class) pair its own label, decides exactly what N
+    separate calls would (boxes of other images never meet, and ties keep their order within an image), without
+    N rounds of Python overhead. Returns, per image, the indices (into its A boxes) kept, highest score first."""
+    check_threshold(score_threshold, "score_threshold")
+    check_threshold(iou_threshold, "iou_threshold")
+    n, a = scores.shape
+    flat_labels = labels + torch.arange(n, device=labels.device)[:, None] * (int(labels.max()) + 1 if labels.numel() else 1)
+    flat_boxes, flat_scores, flat_labels = boxes.reshape(-1, 4), scores.reshape(-1), flat_labels.reshape(-1)
+    _check_scores(flat_boxes, flat_scores, flat_labels)
+    candidates = torch.nonzero(flat_scores >= score_threshold).flatten()
+    kept = candidates[_ranked_nms(flat_boxes[candidates], flat_scores[candidates], flat_labels[candidates], iou_threshold)]
+    image = kept // a
+    by_image = kept[torch.argsort(image, stable=True)]  # stable: each image's boxes stay best first
+    return list((by_image % a).split(torch.bincount(image, minlength=n).tolist()))

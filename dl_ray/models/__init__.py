@@ -19,5 +19,9 @@ from dl_ray.models import autoencoders, gan, lenet, mlp, seq2seq, vae  # noqa: E
 from dl_ray.models import qnets  # noqa: E402,F401  (Q-networks for dl_ray.rl)
 from dl_ray.models import alexnet, inception, resnet, vgg  # noqa: E402,F401  (the CNN case studies)
 from dl_ray.models import yolo  # noqa: E402,F401  (detection: YOLO)
+from dl_ray.models import siamese  # noqa: E402,F401  (Siamese networks: triplet loss, pairs)
+from dl_ray.models import language_model  # noqa: E402,F401  (recurrent language models)
+from dl_ray.models import sentiment  # noqa: E402,F401  (averaged embeddings, many-to-one RNN sentiment)
+from dl_ray.models import glove, word2vec  # noqa: E402,F401  (word vectors: word2vec, GloVe)
 
 __all__ = ["ModelConfig", "ModelIO", "Task", "TaskModel", "build_model"]

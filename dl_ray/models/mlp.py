@@ -20,6 +20,12 @@ class MLPConfig(ModelConfig):
 
 
 class MLP(TaskModel):
+    @classmethod
+    def accepts(cls, io: ModelIO) -> str | None:
+        if "vocab" in io.meta:  # ids of words are not features to weigh: a text family embeds them first
+            return "model.name=mlp reads feature vectors, and this data is token ids: use averaged_embeddings or rnn_sentiment"
+        return super().accepts(io)
+
     def __init__(self, cfg: MLPConfig, io: ModelIO, dropout: float = 0.0):
         super().__init__(io)
         layers: list[nn.Module] = [nn.Flatten()]

@@ -39,7 +39,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from dl_ray.detection.average_precision import MeanAveragePrecision
-from dl_ray.detection.boxes import filter_and_nms
+from dl_ray.detection.boxes import filter_and_nms_images
 from dl_ray.models.base import ModelConfig, ModelIO
 from dl_ray.models.conv_blocks import conv, conv1x1, init_conv_weights
 from dl_ray.models.resnet import BasicBlock
@@ -212,11 +212,10 @@ class YOLO(Task):
     def detect(self, y: torch.Tensor, score_threshold: float | None = None) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"boxes", "scores", "labels"}``: scores >= ``score_threshold`` (default: the job's), then
         per-class NMS."""
-        out, least = [], self.cfg.score_threshold if score_threshold is None else score_threshold
-        for boxes, scores, labels in zip(*self.decode(y)):
-            keep = filter_and_nms(boxes, scores, labels, least, self.cfg.iou_threshold)
-            out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return out
+        least = self.cfg.score_threshold if score_threshold is None else score_threshold
+        boxes, scores, labels = self.decode(y)
+        kept = filter_and_nms_images(boxes, scores, labels, least, self.cfg.iou_threshold)
+        return [{"boxes": b[k], "scores": s[k], "labels": c[k]} for b, s, c, k in zip(boxes, scores, labels, kept)]
 
     # ---- the task interface
     def training_step(self, batch: Any, ctx: StepContext) -> dict[str, Any]:

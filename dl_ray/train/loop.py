@@ -57,6 +57,7 @@ class StepContext:
     device: torch.device
     autocast: Any
     grad_clip: float | None
+    grad_clip_mode: str = "norm"
     epoch: int = 0
     steps: int = 0
     on_step: list = field(default_factory=list)
@@ -66,7 +67,8 @@ class StepContext:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
+            clip = torch.nn.utils.clip_grad_value_ if self.grad_clip_mode == "value" else torch.nn.utils.clip_grad_norm_
+            clip([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
         opt.step()
         self.steps += 1
         for callback in self.on_step:
@@ -151,7 +153,7 @@ class Worker:
         bf16 = self.spec.training.precision == "bf16"
         self.ctx = StepContext(self.nets, self.optimizers, self.device,
                                torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext(),
-                               self.spec.training.grad_clip, on_step=[self.first_step])
+                               self.spec.training.grad_clip, self.spec.training.grad_clip_mode, on_step=[self.first_step])
 
     # ---- one epoch of training
     def train_epoch(self, epoch: int) -> dict[str, float]:

@@ -65,4 +65,19 @@ def optimizer_specs(names: tuple[str, ...], single: OptimizerSpec, named: dict[s
 
 
 def make_optimizers(task, specs: dict[str, OptimizerSpec], l2: float) -> dict[str, torch.optim.Optimizer]:
+    if getattr(task, "sparse_gradients", False):
+        return {name: sparse_optimizer(task.parameters_for(name), opt, l2) for name, opt in specs.items()}
     return {name: make_optimizer(task.parameters_for(name), opt, l2) for name, opt in specs.items()}
+
+
+def sparse_optimizer(params: Iterable[nn.Parameter], opt: OptimizerSpec, l2: float) -> torch.optim.Optimizer:
+    """For tasks whose gradients are sparse rows (word vectors): plain SGD, or Adam's lazy form (SparseAdam), which
+    update only the batch's rows; momentum, RMSProp and L2 would touch every row at every step."""
+    from dl_ray.errors import SpecError
+
+    if opt.name == "rmsprop" or opt.momentum or l2:
+        raise SpecError("optimizer: this model's gradients are sparse rows; use {name: sgd} (momentum 0) or "
+                        "{name: adam}, without regularization.l2")
+    if opt.name == "adam":
+        return torch.optim.SparseAdam(list(params), lr=opt.lr, betas=opt.betas)
+    return torch.optim.SGD(params, lr=opt.lr)
