@@ -311,6 +311,15 @@ def test_bad_inputs_through_the_cli_exit_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_optimizer_that_would_touch_every_row_is_refused_before_the_run_starts(tmp_path):
+    job = write_job(tmp_path, "w2v", kind="embedding", data={"name": "word_corpus"}, model={"name": "word2vec"},
+                    optimizer={"name": "rmsprop", "lr": 0.01}, training={"epochs": 1})
+    code, out, err = cli("train", str(job))
+    assert code == 2 and err.strip().count("\n") == 0 and "optimizer: this model's gradients are sparse rows" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
 def test_a_malformed_analogy_file_in_a_job_exits_2_with_one_line(tmp_path):
     (tmp_path / "questions.txt").write_text(": capitals\nathens greece\n")
     job = write_job(tmp_path, "w2v", kind="embedding", data={"name": "word_corpus"},

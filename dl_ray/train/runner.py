@@ -17,7 +17,7 @@ from dl_ray.report import plot_curves, print_report
 from dl_ray.spec import JobSpec, RunError, SpecError, parse_spec, refuse_other_spec
 from dl_ray.tracking import read_summary
 from dl_ray.train import checkpoints
-from dl_ray.train.optim import optimizer_specs
+from dl_ray.train.optim import make_optimizers, optimizer_specs
 
 # Fields that may change when the same run is started again (it resumes); anything else is a new run.
 RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path",
@@ -41,7 +41,8 @@ def validate(spec: JobSpec):
         task = build_model(spec.model, data.io, spec.regularization.dropout)
     except ValueError as e:
         raise SpecError(str(e)) from None
-    optimizer_specs(task.optimizer_names, spec.optimizer, spec.optimizers, spec.model.name)
+    specs = optimizer_specs(task.optimizer_names, spec.optimizer, spec.optimizers, spec.model.name)
+    make_optimizers(task, specs, spec.regularization.l2)  # a family may refuse an optimizer (sparse rows: no RMSProp)
     check_metric("regularization.early_stopping.metric", spec.regularization.early_stopping.metric, task, splits=("val",))
     if spec.regularization.augment.enabled and len(data.input_shape) != 3:
         raise SpecError(f"regularization.augment: needs image data (C,H,W); data.name={spec.data.name} has shape {data.input_shape}")
