@@ -84,6 +84,12 @@ class RegularizationSpec(Section):
     """Drop probability of the models' dropout layers."""
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     augment: AugmentSpec = AugmentSpec()
+    """Random shifts and rotations of training images; null (or 0 and 0) switches them off."""
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _null_is_off(cls, value: Any) -> Any:
+        return {} if value is None else value  # --set regularization.augment=null: a job's augmentation, off
 
 
 class TrainingSpec(Section):

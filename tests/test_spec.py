@@ -233,3 +233,22 @@ def test_a_jobs_address_in_ray_address_is_refused_before_anything_starts(tmp_pat
     assert main(["train", str(job)]) == 2
     assert "is a Ray Jobs (dashboard) address: send the job with `dl-ray submit`" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "ok" / "spec.yaml").exists()
+
+
+def test_augment_null_switches_a_jobs_augmentation_off():
+    spec = load_spec(ROOT / "jobs/mnist_lenet.yaml", ["regularization.augment=null"])
+    assert not spec.regularization.augment.enabled
+    assert load_spec(ROOT / "jobs/mnist_lenet.yaml").regularization.augment.enabled  # the job's own: 2 px, 10 degrees
+
+
+def test_a_shift_that_moves_a_small_image_out_of_view_is_refused_before_anything_is_written(tmp_path, capsys):
+    # jobs/mnist_lenet.yaml's 2 px on 8x8 digits moved a quarter of each digit away (61 % instead of 97 % accuracy)
+    code = main(["train", str(ROOT / "jobs/mnist_lenet.yaml"), "--set", "data.name=digits", "--set", "model={name: mlp}",
+                 "--set", f"storage.path={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert ("regularization.augment.max_shift: 2 px would move a 8x8 image of data.name=digits by up to 25%; "
+            "allowed: 0 to 1 px (1/8 of its side), or --set regularization.augment=null") in err
+    assert not list(tmp_path.iterdir())
+    assert main(["train", str(ROOT / "jobs/mnist_lenet.yaml"), "--set", "data.name=digits", "--set", "model={name: mlp}",
+                 "--set", "regularization.augment.max_shift=1", "--set", f"storage.path={tmp_path}", "--dry-run"]) == 0
