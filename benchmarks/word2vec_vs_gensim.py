@@ -8,7 +8,7 @@ articles out for the val/test loss; gensim gets the same 96 training articles), 
 window 5 (dynamic: 1..5 per centre), K = 5 negatives from unigram^0.75, subsampling t = 1e-3, linear learning-rate
 decay over the run (per step) from 0.025 (0.05 for CBOW), the same epochs (0.04 made two of three Hogwild runs of
 ours, and hierarchical softmax, unstable). Workers: gensim's ``workers=2`` are two threads running its
-Cython loop without locks (Hogwild); ours are two forked processes (:func:`dl_ray.models.word2vec.fit`; threads
+Cython loop without locks (Hogwild); ours are two forked processes (:func:`dl_ray.models.word_vector_fit.fit`; threads
 cannot share one ``.grad`` per table), each with one torch thread, each taking half of every epoch's examples
 (``rank::2``) and updating the shared-memory tables without locks: the same two cores, the same lock-free
 parallelism; the fork is inside our timed seconds. Our side is the job's own code (the ``word_corpus`` dataset's
@@ -42,7 +42,8 @@ from dl_ray.data.word_vectors import WordVectors  # noqa: E402
 from dl_ray.embedding_eval import evaluate_vectors  # noqa: E402
 from dl_ray.models import build_model  # noqa: E402
 from dl_ray.models.glove import GloVeConfig  # noqa: E402
-from dl_ray.models.word2vec import Word2VecConfig, fit  # noqa: E402
+from dl_ray.models.word2vec import Word2VecConfig  # noqa: E402
+from dl_ray.models.word_vector_fit import fit  # noqa: E402
 
 DIM, WINDOW, NEGATIVES, MIN_COUNT, SAMPLE = 100, 5, 5, 5, 1e-3
 COLUMNS = ["analogy", "analogy_coverage", "wordsim353", "simlex999", "words_per_s"]

@@ -42,22 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                  "debiasing word vectors", "analysis job YAML, e.g. jobs/experiments/vanishing_gradients.yaml",
                  "analysis.seeds=3", starts=False)
 
-    # --- dl-ray eval (dl_ray/api.py evaluate_runs), by the run's kind: a classifier or regressor (dl_ray/eval_supervised.py:
-    #     confusion matrix, most confident mistakes), a seq2seq run (dl_ray/eval_seq2seq.py: BLEU, beam search, error
-    #     analysis, attention maps), an autoencoder / VAE / GAN (dl_ray/eval_generative.py: test metrics, its pictures)
-    #     or an RL run (dl_ray/rl/evaluate.py: the agent plays evaluation episodes again, optional video) ---
-    evaluate = sub.add_parser("eval", help="evaluate a trained run by its kind: a classifier's confusion matrix and mistakes, "
-                                           "seq2seq decoding (BLEU, beam, error analysis), a generative model's pictures, "
-                                           "an RL agent (evaluation episodes, video)")
-    evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_JOB", help="run folder (runs/NAME) or its job YAML; several compare")
-    evaluate.add_argument("--beam", type=int, help="seq2seq: beam width B compared with greedy search (default 3; 1 = greedy only)")
-    evaluate.add_argument("--alpha", type=float, help="seq2seq: length normalisation, rank by sum log P / T^alpha (default 0.7)")
-    evaluate.add_argument("--episodes", type=int, help="RL: evaluation episodes (default: the job's evaluation.episodes)")
-    evaluate.add_argument("--epsilon", type=float, help="DQN: exploration while evaluating (default: the job's evaluation.epsilon)")
-    evaluate.add_argument("--weights", choices=["best", "last"],
-                          help="best checkpoint (default) or latest; DQN: best evaluation's weights or last checkpoint's")
-    evaluate.add_argument("--video", action="store_true", help="DQN on Atari: also record one game as eval_<weights>.gif")
-    evaluate.add_argument("--seed", type=int, help="RL: seed of the evaluation envs (default: the job's seed + 1)")
+    _eval_command(sub)
 
     # --- dl-ray submit / jobs / cluster (dl_ray/cluster): jobs on a Ray cluster, a local cluster ---
     from dl_ray.cluster import commands as cluster_commands
@@ -101,6 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _eval_command(sub) -> None:
+    """dl-ray eval (dl_ray/api.py evaluate_runs), by the run's kind: a classifier or regressor (dl_ray/eval_supervised.py:
+    confusion matrix, most confident mistakes), a seq2seq run (dl_ray/eval_seq2seq.py: BLEU, beam search, error
+    analysis, attention maps), an autoencoder / VAE / GAN / language model (dl_ray/eval_generative.py: test metrics,
+    its pictures or samples), a detector (dl_ray/eval_detection.py), a Siamese net (dl_ray/eval_siamese.py:
+    verification, recognition, one-shot) or an RL run (dl_ray/rl/evaluate.py: evaluation episodes again, video)."""
+    evaluate = sub.add_parser("eval", help="evaluate a trained run by its kind: a classifier's confusion matrix and mistakes, "
+                                           "seq2seq decoding (BLEU, beam, error analysis), a generative model's pictures, "
+                                           "an RL agent (evaluation episodes, video)")
+    evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_JOB", help="run folder (runs/NAME) or its job YAML; several compare")
+    evaluate.add_argument("--beam", type=int, help="seq2seq: beam width B compared with greedy search (default 3; 1 = greedy only)")
+    evaluate.add_argument("--alpha", type=float, help="seq2seq: length normalisation, rank by sum log P / T^alpha (default 0.7)")
+    evaluate.add_argument("--episodes", type=int, help="RL: evaluation episodes (default: the job's evaluation.episodes)")
+    evaluate.add_argument("--epsilon", type=float, help="DQN: exploration while evaluating (default: the job's evaluation.epsilon)")
+    evaluate.add_argument("--weights", choices=["best", "last"],
+                          help="best checkpoint (default) or latest; DQN: best evaluation's weights or last checkpoint's")
+    evaluate.add_argument("--video", action="store_true", help="DQN on Atari: also record one game as eval_<weights>.gif")
+    evaluate.add_argument("--seed", type=int, help="RL: seed of the evaluation envs (default: the job's seed + 1)")
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:

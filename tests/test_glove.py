@@ -10,7 +10,8 @@ import torch
 from dl_ray.data.skipgram import cooccurrence
 from dl_ray.models import build_model
 from dl_ray.models.glove import GloVeConfig, glove_loss, weighting
-from dl_ray.models.word2vec import fit, with_row_gradients
+from dl_ray.models.word2vec import with_row_gradients
+from dl_ray.models.word_vector_fit import fit
 from tests.conftest import cli, write_job
 from tests.test_word2vec import topic_bundle, topic_corpus, topic_margin
 

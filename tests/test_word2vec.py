@@ -17,8 +17,9 @@ from dl_ray.embedding_eval import (analogy_accuracy, cosine_similarity, euclidea
                                    read_word_pairs, word_similarity)
 from dl_ray.errors import SpecError
 from dl_ray.models import build_model
-from dl_ray.models.word2vec import (Word2VecConfig, fit, hierarchical_softmax, hs_probabilities, huffman_tree,
+from dl_ray.models.word2vec import (Word2VecConfig, hierarchical_softmax, hs_probabilities, huffman_tree,
                                     negative_sampling, with_row_gradients)
+from dl_ray.models.word_vector_fit import fit
 from tests.conftest import cli, write_job
 
 torch.set_num_threads(1)
