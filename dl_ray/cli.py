@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _job_command(sub, "train", "job", "train a job file (resumes when its run folder exists)",
                  "job YAML, e.g. jobs/mnist_lenet.yaml", "training.epochs=3")
-    sub.add_parser("list", help="registered models and datasets with their config fields")
+    listing = sub.add_parser("list", help="registered models, datasets and analyses, one line each; "
+                                          "with a NAME, its config fields")
+    listing.add_argument("name", nargs="?", help="a model, dataset or analysis, e.g. lenet5: its fields")
     # dl-ray describe (dl_ray/describe.py): the job's model layer by layer on its data, nothing trained or written
     _job_command(sub, "describe", "job", "per layer of the job's model: output shape, parameters, multiply-adds, "
                  "receptive field", "job YAML, e.g. jobs/mnist_lenet.yaml", "model.pooling=avg", starts=False)
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     from dl_ray.cluster import commands as cluster_commands
 
     cluster_commands.add_commands(sub)
+    # dl-ray runs (dl_ray/run_index.py): run folders listed and compared, here or in a bucket
+    from dl_ray import run_index
+
+    run_index.add_command(sub)
 
     args = parser.parse_args(argv)
     console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())  # logs and pipes: one line per message
@@ -56,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "list":
-            return _list(console)
+            return _list(console, args.name)
         if args.command == "describe":
             from dl_ray.describe import describe_job
 
             print(describe_job(args.job, args.overrides))
             return 0
+        if args.command == "runs":
+            return run_index.command(args, console)
         if args.command in cluster_commands.COMMANDS:
             return cluster_commands.run(args, main, sub.choices, console)
         if args.command == "dqn":
@@ -136,7 +144,11 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
     spec = api.job_spec(args.job, args.overrides)
     if args.dry_run:
-        return _print_spec(spec, console)
+        from dl_ray.train.runner import dry_run_plan
+
+        _print_spec(spec, console)
+        print(dry_run_plan(spec))  # a YAML comment: the printed spec stays a job file
+        return 0
     api.fit(spec, console=console, verbose=args.verbose)
     return 0
 
@@ -160,41 +172,12 @@ def _print_spec(spec, console: Console) -> int:
     return 0
 
 
-def _list(console: Console) -> int:
-    from rich.table import Table
+def _list(console: Console, name: str | None = None) -> int:
+    from dl_ray.listing import details, overview
 
-    from dl_ray.api import registered
-    from dl_ray.registry import DATASETS, MODELS
-    from dl_ray.spec import describe_fields
-
-    names = registered()
-    datasets = names.pop("datasets")
-    tables = [(MODELS, f"models of kind {kind}", models) for kind, models in names.items()]
-    for registry, title, entries in tables + [(DATASETS, "datasets", datasets)]:
-        table = Table(title=title, show_lines=True)
-        for col in ("name", "what", "config fields"):
-            table.add_column(col)
-        for name in entries:
-            entry = registry[name]
-            fields = "\n".join(f"{f}: {kind}  {doc}" for f, kind, doc in describe_fields(entry.config))
-            table.add_row(name, entry.doc, fields)
-        console.print(table)
-    console.print(_analyses_table())
+    for line in details(name, console.width) if name else overview(console.width):  # a pipe's: 80 (or COLUMNS)
+        console.print(line, highlight=False, markup=False)
     return 0
-
-
-def _analyses_table():
-    from rich.table import Table
-
-    from dl_ray.analysis import ANALYSES
-    from dl_ray.spec import describe_fields
-
-    table = Table(title="analyses (dl-ray analyze)", show_lines=True)
-    for col in ("kind", "what", "config fields"):
-        table.add_column(col)
-    for kind, entry in sorted(ANALYSES.items()):
-        table.add_row(kind, entry.doc, "\n".join(f"{f}: {t}  {doc}" for f, t, doc in describe_fields(entry.config)))
-    return table
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dl_ray.fmt import file_lines
+
 
 @torch.no_grad()
 def evaluate_run(run_dir: str | Path, which: Literal["best", "last"] = "best", console: Console | None = None,
@@ -69,4 +71,5 @@ def print_report(report: dict[str, Any], checkpoint: str, console: Console) -> N
         table.add_row(row["class"], *(f"{row[k]:.4f}" if row[k] >= 0 else "n/a" for k in ("ap_50", "ap")), str(row["true_boxes"]))
     console.print(table)
     console.print(f"the detector's output alone (score >= {t['score']}): mAP@0.5 {m['test/map_50_output']:.4f}", highlight=False)
-    console.print(f"pictures: {', '.join(report['pictures'])} (red: detected, green: true)", highlight=False, soft_wrap=True)
+    for line in file_lines("pictures (red: detected, green: true)", report["pictures"]):
+        console.print(line, highlight=False, soft_wrap=True)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
+from dl_ray.fmt import file_lines, shown_path
+
 
 def evaluate_run(run_dir: str | Path, which: Literal["best", "last"] = "best", console: Console | None = None,
                  device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -39,6 +41,7 @@ def evaluate_run(run_dir: str | Path, which: Literal["best", "last"] = "best", c
     console.print(f"[bold]{spec.name}[/]: {spec.model.name} ({spec.kind}) on {spec.data.name}, {len(data.test)} test "
                   f"examples, {checkpoint.name} ({which})", highlight=False)
     console.print("test: " + " · ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items()), highlight=False)
-    console.print(f"pictures: {', '.join(pictures) or 'none (this family draws none)'}", highlight=False, soft_wrap=True)
-    console.print(f"report: {run_dir / 'eval_test.json'}", highlight=False, soft_wrap=True)
+    shown = file_lines("pictures", pictures) if pictures else ["pictures: none (this family draws none)"]
+    for line in shown + [f"report: {shown_path(Path(run_dir) / 'eval_test.json')}"]:
+        console.print(line, highlight=False, soft_wrap=True)
     return report

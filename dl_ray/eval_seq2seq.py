@@ -13,6 +13,7 @@ a sampled beam width and alpha, without retraining (``jobs/sweeps/dates_attentio
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from dl_ray.bleu import char_bleu
 from dl_ray.data import DataBundle, build_data
 from dl_ray.data.dates import decode
 from dl_ray.decoding import Decoded, beam_search, char_matches, greedy, in_batches, normalized, sequence_log_probs
+from dl_ray.fmt import file_lines, fit_table
 from dl_ray.spec import JobSpec, SpecError
 from dl_ray.train import checkpoints
 from dl_ray.tune.evaluators import EvalRequest, register_evaluator  # Ray-free
@@ -156,18 +158,22 @@ def print_report(report: dict[str, Any], console: Console, max_rows: int = 15) -
         lengths.add_row(label, str(n), *(f"{100 * c[i][2]:.2f}%" for c in columns))
     console.print(lengths)
     ea = report["error_analysis"]
-    errors = Table(title=f"error analysis ({ea['decoder']}): is it the beam's fault or the model's?")
-    for col in ("input", "expected y*", "output y_hat", "log P(y*|x)", "log P(y_hat|x)", "fault"):
-        errors.add_column(col, justify="right" if col.startswith("log") else "left")
-    for row in ea["rows"][:max_rows]:
-        errors.add_row(repr(row["input"]), row["expected"], row["output"], f"{row['log_p_expected']:.3f}",
-                       f"{row['log_p_output']:.3f}", row["fault"])
-    if len(ea["rows"]) > max_rows:
-        errors.add_row(f"... {len(ea['rows']) - max_rows} more in eval.json", "", "", "", "", "")
+    columns = ["input", "expected y*", "output y_hat", "log P(y*|x)", "log P(y_hat|x)", "fault"]
+    rows = [[repr(row["input"]), row["expected"], row["output"], f"{row['log_p_expected']:.3f}",
+             f"{row['log_p_output']:.3f}", row["fault"]] for row in ea["rows"][:max_rows]]
+    width = console.width  # a pipe's is 80 unless COLUMNS says otherwise
+    errors, dropped = fit_table(columns, rows, width,
+                                title=f"error analysis ({ea['decoder']}): beam's fault or model's?",
+                                drop_order=columns[4:2:-1], right=columns[3:5])
     console.print(errors)
+    left = ([f"{len(ea['rows']) - max_rows} more rows"] if len(ea["rows"]) > max_rows else []) + \
+        ([f"{', '.join(dropped)} (too wide for {width} columns)"] if dropped else [])
+    if left:
+        console.print(f"({' and '.join(left)} in eval.json)", highlight=False)
     for name, s in report["decoders"].items():
         console.print(f"{name}: errors {s['errors']} · beam at fault {s['beam_faults']} · model at fault {s['model_faults']}")
-    console.print(f"→ {ea['advice']}")
+    for line in textwrap.wrap(f"→ {ea['advice']}", width, subsequent_indent="  "):
+        console.print(line, highlight=False)
 
 
 def plot_attention(run: Run, count: int = 4) -> list[Path]:
@@ -225,7 +231,8 @@ def evaluate_runs(targets: list[str | Path], beam: int, alpha: float, console: C
         (run.run_dir / "eval.json").write_text(json.dumps(report, indent=1))
         print_report(report, console)
         if pictures:
-            console.print(f"attention heat maps: {', '.join(str(p) for p in pictures)}")
+            for line in file_lines("attention heat maps", pictures):
+                console.print(line, highlight=False, soft_wrap=True)
         reports.append(report)
     if len(reports) > 1:
         compare_lengths(reports, console)

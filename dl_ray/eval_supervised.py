@@ -22,6 +22,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dl_ray.fmt import file_lines, shown_path
+
 MAX_MISTAKES_DRAWN = 30
 MAX_CLASSES_SHOWN = 20  # wider confusion matrices are drawn, and printed as per-class rows
 
@@ -197,8 +199,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"{report['mistake_count']} mistakes; the surest: {surest}", highlight=False)
         else:
             console.print("no mistakes on the test split", highlight=False)
-    console.print(f"pictures: {', '.join(report['pictures'])}", highlight=False, soft_wrap=True)
-    console.print(f"report: {Path(report['run']) / 'eval_test.json'}", highlight=False, soft_wrap=True)
+    for line in file_lines("pictures", report["pictures"]) + [f"report: {shown_path(Path(report['run']) / 'eval_test.json')}"]:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def confusion_table(report: dict[str, Any]) -> Table:

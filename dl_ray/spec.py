@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -111,8 +112,9 @@ class TrainingSpec(Section):
     """Seeds model initialisation, shuffling, dropout and augmentation."""
     checkpoint_every: int = Field(1, ge=1)
     """Save a checkpoint every N epochs (and at the last and every best epoch)."""
-    keep_checkpoints: int = Field(2, ge=1)
-    """Checkpoints kept: the best by the early-stopping metric, plus always the latest."""
+    keep_checkpoints: int = Field(1, ge=1)
+    """Checkpoints kept besides the latest (always kept, to resume): the best N by the early-stopping metric
+    (with patience set), else the N latest. 1: the best and the latest, one folder when they are the same."""
     max_failures: int = Field(0, ge=-1)
     """Worker-group restarts from the latest checkpoint before the run fails (-1 = unlimited)."""
 
@@ -247,9 +249,33 @@ def read_job(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """A job file as a dict, named after the file unless it says otherwise, with ``--set`` overrides applied."""
     raw = read_mapping(path)
     raw.setdefault("name", Path(path).stem)
+    before = copy.deepcopy(raw)
     for item in overrides:
         apply_override(raw, item)
+    for note in drop_fields_of_replaced(before, raw, [item.partition("=")[0].strip() for item in overrides]):
+        print(note, file=sys.stderr)
     return raw
+
+
+def drop_fields_of_replaced(before: dict, raw: dict, overridden: list[str]) -> list[str]:
+    """``--set model.name=mlp`` on a LeNet job: the file's fields mlp does not have (pooling) go, one notice line each
+    section; fields given with ``--set`` stay (a wrong one is then the usual unknown-key error)."""
+    notes = []
+    kind = raw.get("kind", "supervised")
+    for section, registry, allowed in (("model", MODELS, MODELS.names(kind)), ("data", DATASETS, DATASETS.names())):
+        old, new = before.get(section), raw.get(section)
+        if not (isinstance(old, dict) and isinstance(new, dict)) or old.get("name") == new.get("name"):
+            continue
+        if new.get("name") not in allowed:
+            continue  # an unknown name, or one of another job kind, is the error parse_spec reports
+        fields = registry[new["name"]].config.model_fields
+        gone = [k for k in new if k not in fields and f"{section}.{k}" not in overridden]
+        for key in gone:
+            del new[key]
+        if gone:
+            notes.append(f"note: {section}.name {old.get('name')} -> {new['name']}: dropped {section}."
+                         f"{f', {section}.'.join(gone)} ({new['name']} has no such field)")
+    return notes
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:

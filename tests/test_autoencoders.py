@@ -215,7 +215,7 @@ def test_stacked_job_end_to_end_through_every_stage(tmp_path):
     run = tmp_path / "ae_stacked"
     final = json.loads((run / "summary.json").read_text())["final"]
     assert final["test/mse"] < 0.067, final
-    state = torch.load(run / "checkpoint_epoch_0003" / "state.pt", weights_only=False)
+    state = torch.load(run / "checkpoint_epoch_0003" / "state.pt", weights_only=True)
     assert int(state["model"]["stage"]) == 2
 
 

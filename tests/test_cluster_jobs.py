@@ -119,19 +119,33 @@ def test_submit_follows_logs_to_success_and_writes_the_run_folder(cluster, tmp_p
     assert job_id.startswith("train-digits_mlp-")
     assert "epoch   3/3" in out and "final metrics" in out  # the job's own output, streamed
     assert f"{job_id}: SUCCEEDED" in err
-    summary = json.loads((tmp_path / "runs" / "digits_mlp" / "summary.json").read_text())
+    run = tmp_path / "runs" / "digits_mlp"
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final"]["test/accuracy"] > 0.85, summary
+    # the job's output outlives the cluster: it is in the run folder too
+    kept = (run / "job.log").read_text()
+    assert kept.startswith(f"==== dl-ray job {job_id} on ") and "epoch   3/3" in kept and "final metrics" in kept
+    assert f"its output is also kept in {run / 'job.log'}" in err
+    # Ray's own client lines stay out without --verbose; the job's page in the dashboard is named
+    assert "Uploading package" not in err + out and "WebSocket closed" not in err + out and "INFO" not in err, err
+    assert f"dashboard: {cluster.address}/#/jobs/{job_id}" in err
+    token = Path(cluster.token_path).read_text().strip()
+    page = requests.get(f"{cluster.address}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert page.ok and page.json()["submission_id"] == job_id  # what that page loads
 
     code, out, _ = cluster.cli("jobs", "status", job_id)
-    assert code == 0 and f"{job_id}: SUCCEEDED" in out and "dl-ray train _dl_ray_job/digits_mlp.yaml" in out
+    assert code == 0 and f"{job_id}: SUCCEEDED" in out and "command: dl-ray train _dl_ray_job/digits_mlp.yaml" in out
+    assert f"output kept in: {run / 'job.log'}" in out
     assert "not-a-real-key" not in out
-    code, out, _ = cluster.cli("jobs", "list")
-    assert code == 0 and job_id in out
+    code, out, _ = cluster.cli("jobs", "list", COLUMNS="80")
+    assert code == 0 and sum(job_id in line for line in out.splitlines()) == 1  # whole, on one line
+    assert all(len(line) <= 80 for line in out.splitlines()), out
     code, out, _ = cluster.cli("jobs", "logs", job_id)
     assert code == 0 and "bias/variance" in out
-    # W&B settings travel as the job's environment variables only
+    # W&B settings travel as the job's environment variables; the key only for tracking.wandb: online (this job is not)
     env_vars = cluster.client().get_job_info(job_id).runtime_env["env_vars"]
-    assert env_vars["WANDB_API_KEY"] == "not-a-real-key" and env_vars["WANDB_ENTITY"] == "someone"
+    assert env_vars["WANDB_ENTITY"] == "someone" and "WANDB_API_KEY" not in env_vars
+    assert "not sent: WANDB_API_KEY (tracking.wandb is not online)" in err
 
 
 def test_a_failing_job_reports_failed_with_the_error_in_its_logs(cluster, tmp_path):
@@ -142,6 +156,7 @@ def test_a_failing_job_reports_failed_with_the_error_in_its_logs(cluster, tmp_pa
     assert f"{job_id}: FAILED" in err
     code, out, _ = cluster.cli("jobs", "logs", job_id)
     assert "the loss became NaN/inf" in out
+    assert "the loss became NaN/inf" in (tmp_path / "runs" / "diverges" / "job.log").read_text()
     code, out, _ = cluster.cli("jobs", "status", job_id)
     assert code == 0 and "FAILED" in out
 
@@ -161,6 +176,8 @@ def test_stop_stops_a_running_sweep(cluster, tmp_path):
     assert code == 0 and f"{job_id}: STOPPED" in out, out + err
     assert str(cluster.client().get_job_status(job_id)) == "STOPPED"
     cluster.wait_until("the sweep's trials are gone", lambda: cluster.alive_actors(job_id) == 0, timeout_s=60)
+    kept = (tmp_path / "runs" / "long_sweep" / "job.log").read_text()  # a stopped job's output is kept too
+    assert kept.startswith(f"==== dl-ray job {job_id} on ") and "sweep long_sweep" in kept
 
 
 def test_multi_node_run_on_node_local_storage_is_refused_before_submitting(cluster, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,17 +15,28 @@ from dl_ray.cli import main as cli_main
 from dl_ray.cluster import package, storage
 from dl_ray.cluster.mirror import Mirror
 from dl_ray.cluster.mirror import main as mirror_main
-from dl_ray.cluster.submit import detect_command, entrypoint, prepare
+from dl_ray.cluster.submit import detect_command, prepare
 from dl_ray.spec import SpecError, StorageSpec, load_spec
 from tests.conftest import ROOT, Lines
 
 
-def make_project(root: Path) -> Path:
+SECRETS = {  # what lies around real checkouts: none of it may leave the laptop
+    "key.json": '{"private_key": "k"}', "my-project-4f2a1b.json": '{"type": "service_account", "private_key": "k"}',
+    ".envrc": "export AWS_SECRET_ACCESS_KEY=x", ".kube/config": "token: x", ".pypirc": "password = x",
+    ".docker/config.json": '{"auths": {}}', "terraform.tfstate": "{}", "infra/terraform.tfstate.backup": "{}",
+    "id_ecdsa": "-----BEGIN-----", ".env": "WANDB_API_KEY=secret\n", "keys/server.pem": "-----BEGIN-----",
+    "notes/aws_credentials.txt": "AKIA...", "jobs/.env": "WANDB_API_KEY=secret\n", "dl_ray/id_ed25519": "k",
+    "jobs/gcp-credentials.json": "{}", "dl_ray/models/.envrc": "export X=1",
+}
+
+
+def make_project(root: Path, cli: str = "print()\n") -> Path:
     files = {
-        "pyproject.toml": "[project]\nname='x'\n", "dl_ray/cli.py": "print()\n", "jobs/a.yaml": "name: a\n",
-        ".env": "WANDB_API_KEY=secret\n", "keys/server.pem": "-----BEGIN-----", "runs/a/metrics.csv": "epoch\n1\n",
-        "wandb/run-1/files.txt": "x", ".git/config": "[core]", ".venv/bin/python": "", "dl_ray/__pycache__/c.pyc": "",
-        "data_cache/big.npy": "0" * 1000, "notes/aws_credentials.txt": "AKIA...", "dl_ray/models/mlp.py": "x = 1\n",
+        "pyproject.toml": "[project]\nname = 'dl_ray'\n", "README.md": "# dl_ray\n", "dl_ray/cli.py": cli,
+        "jobs/a.yaml": "name: a\n", "dl_ray/models/mlp.py": "x = 1\n", "tests/test_x.py": "", "notebook.ipynb": "{}",
+        "runs/a/metrics.csv": "epoch\n1\n", "wandb/run-1/files.txt": "x", ".git/config": "[core]", ".venv/bin/python": "",
+        "dl_ray/__pycache__/cli.cpython-311.pyc": "", "dl_ray/models/mlp.pyc": "", "jobs/.DS_Store": "", "jobs/a.yaml~": "",
+        "data_cache/big.npy": "0" * 1000, "weights/r18.pth": "w", **SECRETS,
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -32,49 +44,93 @@ def make_project(root: Path) -> Path:
     return root
 
 
-def test_package_takes_the_code_and_leaves_secrets_runs_caches_and_vcs_behind(tmp_path):
+CODE = ["README.md", "dl_ray/cli.py", "dl_ray/models/mlp.py", "jobs/a.yaml", "pyproject.toml"]
+
+
+def test_project_files_is_the_allow_list_cluster_configs_sync():
+    assert package.PROJECT_FILES == ("dl_ray", "jobs", "pyproject.toml", "README.md")
+
+
+def test_only_the_allow_list_is_packed_and_no_secret_lying_in_the_checkout_is(tmp_path):
     root = make_project(tmp_path / "project")
-    files = package.collect(root / "jobs" / "a.yaml", root)
-    assert files.files == ["dl_ray/cli.py", "dl_ray/models/mlp.py", "jobs/a.yaml", "pyproject.toml"]
-    assert files.job_entry == "jobs/a.yaml" and not files.extra
+    files = package.collect(root / "jobs" / "a.yaml")
+    assert files.files == CODE and files.job_entry == "jobs/a.yaml" and not files.extra
+    with zipfile.ZipFile(files.write_zip(tmp_path / "p.zip")) as zf:
+        names = zf.namelist()
+    assert names == CODE
+    assert not [name for name in SECRETS if any(Path(n).name == Path(name).name for n in names)]
 
 
-def test_package_of_a_git_checkout_also_leaves_what_gitignore_ignores(tmp_path):
+def test_the_files_a_job_names_inside_the_project_travel_with_it(tmp_path):
     root = make_project(tmp_path / "project")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    (root / ".gitignore").write_text("big_data/\n*.log\n")
-    (root / "big_data").mkdir()
-    (root / "big_data" / "x.bin").write_bytes(b"0" * 100)
-    (root / "train.log").write_text("noise")
-    files = package.collect(root / "jobs" / "a.yaml", root)
-    assert files.files == [".gitignore", "dl_ray/cli.py", "dl_ray/models/mlp.py", "jobs/a.yaml", "pyproject.toml"]
+    (root / "jobs" / "sweeps").mkdir()
+    sweep = root / "jobs" / "sweeps" / "s.yaml"
+    raw = {"base": "../a.yaml", "model": {"weights": "weights/r18.pth"}, "data": {"path": "data_cache"},
+           "tune": {"space": {"model.weights": {"choice": ["nothing.pth", "/etc/hostname", "../../../outside.txt"]}}}}
+    sweep.write_text(yaml.safe_dump(raw))
+    (tmp_path / "outside.txt").write_text("not the project's")
+    files = package.collect(sweep, raw)
+    assert files.files == sorted([*CODE, "jobs/sweeps/s.yaml", "weights/r18.pth"])  # files only, inside only
 
 
-def test_package_of_this_checkout_follows_gitignore_and_has_no_run_outputs():
+def test_this_checkout_packs_its_code_and_job_files_and_nothing_else():
     files = package.collect(ROOT / "jobs" / "mnist_lenet.yaml")
-    assert "dl_ray/cli.py" in files.files and "pyproject.toml" in files.files
-    assert not [f for f in files.files if f.startswith((".venv/", "runs/", "wandb/", ".git/")) or "__pycache__" in f]
+    assert files.root == ROOT and "dl_ray/cli.py" in files.files and "pyproject.toml" in files.files
+    assert {Path(f).parts[0] for f in files.files} <= set(package.PROJECT_FILES)
+    assert not [f for f in files.files if "__pycache__" in f or f.endswith(".pyc")]
 
 
-def test_a_job_file_outside_the_project_travels_in_its_own_folder_and_the_zip_is_deterministic(tmp_path):
+def test_the_project_holding_the_job_file_is_packed_whichever_clone_you_stand_in(tmp_path, monkeypatch):
+    template = make_project(tmp_path / "template")
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(template, one)
+    shutil.copytree(template, two)
+    (two / "dl_ray" / "cli.py").write_text("print('two')\n")
+    (two / "jobs" / "deep").mkdir()
+    (two / "jobs" / "deep" / "pyproject.toml").write_text("[project]\nname = 'other'\n")  # not dl_ray's: walked past
+    (two / "jobs" / "deep" / "b.yaml").write_text("name: b\n")
+    monkeypatch.chdir(one)
+    files = package.collect(two / "jobs" / "deep" / "b.yaml")
+    assert files.root == two.resolve() and files.job_entry == "jobs/deep/b.yaml"
+    assert files.where == f"the project holding the job file, {two.resolve()}"
+    with zipfile.ZipFile(files.write_zip(tmp_path / "p.zip")) as zf:
+        assert zf.read("dl_ray/cli.py") == b"print('two')\n"
+
+
+def test_a_job_file_outside_any_project_travels_with_the_current_folders_project_and_the_zip_is_deterministic(
+        tmp_path, monkeypatch):
     root = make_project(tmp_path / "project")
     job = tmp_path / "elsewhere" / "b.yaml"
     job.parent.mkdir()
     job.write_text("name: b\n")
-    files = package.collect(job, root)
+    monkeypatch.chdir(root / "dl_ray" / "models")  # anywhere inside the checkout
+    files = package.collect(job)
+    assert files.root == root.resolve() and files.where.startswith(f"the current folder's project {root.resolve()}")
     assert files.job_entry == "_dl_ray_job/b.yaml" and files.extra == {"_dl_ray_job/b.yaml": job.resolve()}
     first = files.write_zip(tmp_path / "1.zip").read_bytes()
     second = files.write_zip(tmp_path / "2.zip").read_bytes()
     assert first == second  # same files -> same Ray package hash -> uploaded once
     with zipfile.ZipFile(tmp_path / "1.zip") as zf:
-        assert zf.read("_dl_ray_job/b.yaml") == b"name: b\n" and ".env" not in zf.namelist()
+        assert zf.read("_dl_ray_job/b.yaml") == b"name: b\n" and zf.namelist() == sorted([*CODE, "_dl_ray_job/b.yaml"])
+
+
+def test_a_job_file_and_a_current_folder_outside_any_project_is_one_line_saying_what_to_do(tmp_path, monkeypatch, capsys):
+    job = tmp_path / "b.yaml"
+    job.write_text(yaml.safe_dump({"name": "b", "model": {"name": "mlp"}, "data": {"name": "digits"},
+                                   "storage": {"path": "/mnt/shared/runs", "shared": True}}))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["submit", str(job), "--address", "http://127.0.0.1:9"]) == 2  # refused before any connection
+    assert capsys.readouterr().err == (
+        f"error: {job.resolve()} is not inside a dl_ray project (a folder whose pyproject.toml names dl_ray), and "
+        f"neither is the current folder {tmp_path.resolve()}: run `dl-ray submit` from your dl_ray checkout or move "
+        "the job file into the checkout's jobs/ folder\n")
 
 
 def test_a_zip_over_rays_limit_is_refused_naming_the_biggest_folders(tmp_path, monkeypatch):
     root = make_project(tmp_path / "project")
     (root / "dl_ray" / "weights.bin").write_bytes(os.urandom(100_000))  # does not compress
     monkeypatch.setenv("RAY_max_grpc_message_size", "50000")
-    files = package.collect(root / "jobs" / "a.yaml", root)
+    files = package.collect(root / "jobs" / "a.yaml")
     with pytest.raises(package.ClusterError, match=r"zips to .* KiB, over Ray's upload limit of 48.8 KiB; biggest: dl_ray"):
         files.write_zip(tmp_path / "p.zip")
     monkeypatch.delenv("RAY_max_grpc_message_size")
@@ -109,19 +165,6 @@ def test_a_sweep_over_a_base_job_is_checked_with_the_base_jobs_storage(tmp_path)
         prepare(str(tmp_path / "sweep.yaml"), None, [], ["train", "tune"])
     with pytest.raises(SpecError, match="--command: 'dqn' is not a dl-ray command that runs a job file; allowed: train, tune"):
         prepare(str(tmp_path / "sweep.yaml"), "dqn", [], ["train", "tune"])
-
-
-def test_a_bucket_run_is_wrapped_in_the_mirror_and_writes_to_a_scratch_folder(tmp_path):
-    job = tmp_path / "j.yaml"
-    job.write_text(yaml.safe_dump({"name": "j", "model": {"name": "mlp"}, "data": {"name": "digits"}}))
-    sub = prepare(str(job), None, ["storage.path=gs://bucket/runs", "storage.name=r1"], ["train"])
-    scratch = storage.scratch_for("gs://bucket/runs")
-    assert entrypoint(sub, "_dl_ray_job/j.yaml") == (
-        f"python -m dl_ray.cluster.mirror gs://bucket/runs {scratch} r1 -- dl-ray train _dl_ray_job/j.yaml "
-        f"--set storage.path=gs://bucket/runs --set storage.name=r1 --set storage.path={scratch}")
-    assert cli_main(sub.dry_run_argv()) == 0  # the job, as the cluster runs it, is valid
-    plain = prepare(str(job), None, ["storage.path=/mnt/shared/runs"], ["train"])
-    assert entrypoint(plain, "_dl_ray_job/j.yaml") == "dl-ray train _dl_ray_job/j.yaml --set storage.path=/mnt/shared/runs"
 
 
 def test_storage_accepts_paths_and_bucket_uris_and_names_the_allowed_forms():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,20 +77,26 @@ def test_batch_minibatch_and_online_gd_take_the_right_number_of_steps(tmp_path, 
     assert int(steps) == 2 * steps_per_epoch  # 60 examples -> 42 train
 
 
-def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, capsys):
     job = write_job(tmp_path, "es", model={"name": "mlp", "hidden": [256, 256]}, data={"name": "diabetes"},
                     optimizer={"lr": 0.01}, training={"epochs": 60, "batch_size": 16},
                     regularization={"early_stopping": {"patience": 3}})
     assert main(["train", str(job)]) == 0
+    out = capsys.readouterr().out
     folder = run_dir(job)
     s = summary(folder)
     rows = metric_rows(folder)
-    assert s["status"] == "early_stopped" and s["epochs_run"] < 60 and len(rows) == s["epochs_run"]
+    assert (s["status"], s["stop_reason"]) == ("stopped", "early stopping") and s["epochs_run"] < 60 and len(rows) == s["epochs_run"]
     val = [float(r["val/loss"]) for r in rows]
     assert s["best_epoch"] == len(val) - val[::-1].index(min(val))  # the (last) epoch with the lowest val/loss
     assert s["epochs_run"] - s["best_epoch"] <= 3
     assert s["best_epoch"] in checkpoints.saved(folder)
     assert s["final"]["val/loss"] == pytest.approx(min(val), rel=1e-5)  # final report uses the best weights
+    # one story: the table's figures, summary.json's checkpoint and the folders kept (the best and the latest)
+    best, last = checkpoints.dir_name(s["best_epoch"]), checkpoints.dir_name(s["epochs_run"])
+    assert sorted(checkpoints.saved(folder)) == [s["best_epoch"], s["epochs_run"]]
+    assert (Path(s["checkpoint"]).name, Path(s["latest_checkpoint"]).name) == (best, last)
+    assert f"weights of best epoch {s['best_epoch']} of {s['epochs_run']} (early stopping " in out and best in out
 
 
 def test_early_stopping_on_accuracy_ties_keeps_the_checkpoint_it_reports(tmp_path):
@@ -181,3 +188,16 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     csv_rows = metric_rows(run_dir(job))
     assert [float(r["val/accuracy"]) for r in rows] == pytest.approx([float(r["val/accuracy"]) for r in csv_rows])
+
+
+def test_extending_a_finished_cosine_run_replans_the_schedule_instead_of_training_at_lr_0(tmp_path, capsys):
+    job = write_job(tmp_path, "longer", model={"name": "mlp", "hidden": [16]}, data={"name": "digits"},
+                    optimizer={"lr": 0.01}, schedule={"name": "cosine"}, training={"epochs": 2})
+    assert main(["train", str(job)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(job), "--set", "training.epochs=4"]) == 0
+    lrs = [float(r["lr"]) for r in metric_rows(run_dir(job))]
+    # epochs 1-2 followed the 2-epoch plan; epochs 3-4 follow a cosine over 4 epochs: 0.01 * (1 + cos(pi * e / 4)) / 2
+    assert lrs == pytest.approx([0.01, 0.005, 0.01 * (1 + math.cos(math.pi * 2 / 4)) / 2, 0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2])
+    assert "training.epochs 2 -> 4: cosine decay re-planned over 4 epochs; epoch 3 trains at lr 5.0e-03, epoch 4 at 1.5e-03" \
+        in capsys.readouterr().out

@@ -109,6 +109,31 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_up, tmp
         assert (summary.stat().st_mtime_ns, (folder / trial / "metrics.csv").read_text()) == (mtime, history)
 
 
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_keeps_its_finished_trials_and_says_it_stopped(ray_up, tmp_path):
+    """What `dl-ray jobs stop` does to a sweep's driver: SIGTERM, then SIGKILL 3 s later (Ray's job supervisor)."""
+    import json
+
+    args = [str(DIGITS), "--set", f"storage.path={tmp_path}", "--set", "name=halted", "--set", "tune.max_concurrent_trials=1",
+            "--set", "training.epochs=25", "--set", "model.hidden=[256, 256]", "--set", "tracking.wandb=disabled"]
+    env = {**os.environ, "RAY_ADDRESS": ray_up.get_runtime_context().gcs_address, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "dl_ray.cli", "tune", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = Lines(driver.stdout)
+    output.wait_for(lambda line: re.match(r"trial \d+ ", line) is not None, timeout_s=180, count=2)
+    driver.send_signal(signal.SIGTERM)
+    try:
+        driver.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        driver.wait()
+    folder = tmp_path / "halted"
+    finished = [r for r in rows(folder) if r["status"] == "completed"]
+    assert len(finished) >= 2 and all(float(r["val/accuracy"]) > 0.5 for r in finished)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["status"], summary["stop_reason"]) == ("stopped", "jobs stop"), summary
+
+
 def read_history(folder: Path) -> list[dict[str, str]]:
     with (folder / "metrics.csv").open() as f:
         return list(csv.DictReader(f))
@@ -131,7 +156,8 @@ def test_pbt_exploit_copies_a_top_trial_and_trains_on_with_the_explored_lr(ray_u
                 "--set", "tracking.wandb=disabled",
                 "--set", "tune.space.optimizer.lr={grid: [3.0e-2, 1.0e-2, 3.0e-3, 1.0e-5]}",
                 "--set", "tune.scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.25}") == 0
-    assert "PBT: population of 4 runs concurrently, 0.5 CPU per trial" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PBT: population of 4 runs concurrently, 0.5 CPU per trial" in out
     folder = tmp_path / "pbt"
     trials = {r["trial"]: r for r in rows(folder)}
     histories = {name: read_history(folder / name) for name in trials}
@@ -153,6 +179,20 @@ def test_pbt_exploit_copies_a_top_trial_and_trains_on_with_the_explored_lr(ray_u
             compared += 1
     assert trained_on >= 1 and compared >= 1
     assert not any(history[-1].get("pbt/copied_from") for history in histories.values())  # no exploit at the last epoch
+
+    # every exploit was printed (who copied whom, at which epoch, with the new values) and kept in exploits.csv
+    with (folder / "exploits.csv").open() as f:
+        exploits = list(csv.DictReader(f))
+    printed = re.findall(r"exploit at epoch (\d+): (\d+) \(val/accuracy \S+\) copies (\d+) \(\S+\); lr \S+ -> \S+", out)
+    assert sorted(printed) == sorted((e["epoch"], e["trial"], e["donor"]) for e in exploits) and printed
+    # a trial's last mark in its metrics.csv is its own latest exploit (earlier ones may be its donor's, inherited)
+    last_marks = {(name[-5:], [h for h in history if h.get("pbt/copied_from")][-1]["pbt/copied_from"][-5:])
+                  for name, history in histories.items() if any(h.get("pbt/copied_from") for h in history)}
+    assert last_marks and last_marks <= {(e["trial"], e["donor"]) for e in exploits}
+    # results.csv keeps each trial's starting value beside its final one; params.png draws both
+    assert {float(r["start/optimizer.lr"]) for r in trials.values()} == {3.0e-2, 1.0e-2, 3.0e-3, 1.0e-5}
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["description"].startswith("mlp on digits, best of sweep pbt (val/accuracy ")
 
 
 @pytest.mark.slow
@@ -176,6 +216,13 @@ def test_evaluate_trials_score_one_checkpoint_with_each_setting(ray_up, tmp_path
     assert not list((tmp_path / "activation").glob("*/metrics.csv"))  # nothing was trained
     best = yaml.safe_load((tmp_path / "activation" / "best.yaml").read_text())
     assert best["model"]["activation"] == "relu" and best["training"]["epochs"] == 3
+    header = (tmp_path / "activation" / "best.yaml").read_text()
+    assert "nothing was trained" in header and "Train it" not in header
+    assert not (tmp_path / "activation" / "curves.png").exists()  # one score per trial: no learning curve to draw
+    for r in rows(tmp_path / "activation"):  # each trial folder reads like a run: the job it scored and its summary
+        trial = yaml.safe_load((tmp_path / "activation" / r["trial"] / "summary.json").read_text())
+        assert trial["status"] == "completed" and trial["final"]["val/accuracy"] == pytest.approx(float(r["val/accuracy"]))
+        assert (tmp_path / "activation" / r["trial"] / "spec.yaml").is_file()
 
 
 @pytest.mark.slow
@@ -222,3 +269,53 @@ def test_pbt_refuses_a_concurrency_below_its_population(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tune.max_concurrent_trials: 2 is below the PBT population of 4" in err and err.count("\n") == 1, err
     assert not (tmp_path / "digits_tiny").exists()
+
+
+def test_sweep_table_fits_80_columns_with_whole_values_and_headers():
+    import io
+
+    from rich.console import Console
+
+    from dl_ray.tune.results import print_results
+    from dl_ray.tune.spec import load_sweep
+
+    sweep = load_sweep(ROOT / "jobs" / "sweeps" / "mnist_lr_decay_dropout.yaml")
+    statuses = ["completed", "early_stopped", "stopped", "nonfinite_loss"]
+    rows = [{"trial": f"mnist_lr_decay_dropout_{i:05d}", "status": statuses[i % 4], "epochs": 9 if i % 4 < 2 else 1,
+             "optimizer.lr": [1.1e-4, 3.2e-3, 0.0213][i % 3], "schedule.name": ["exponential", "cosine"][i % 2],
+             "schedule.decay_rate": 0.5 + i / 40, "regularization.dropout": i / 40, "val/accuracy": 0.9 + i / 200,
+             "test/accuracy": 0.89 + i / 200, "train_s": 12.3 * i, "curve": [], "error": ""} for i in range(16)]
+    out = io.StringIO()
+    print_results(rows, sweep, rows[15], Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text, text  # nothing cut: values, headers, statuses
+    for whole in ("1.1e-04", "3.2e-03", "0.0213", "exponential", "early_stopped", "nonfinite_loss", "dropout", "schedule"):
+        assert whole in text, (whole, text)
+    assert "not shown: train_s, test/accuracy" in text  # a dropped column is named
+
+
+BEAM = ROOT / "jobs" / "sweeps" / "dates_attention_beam.yaml"
+
+
+def test_beam_sweep_finds_its_run_under_storage_path_and_counts_its_trials(tmp_path):
+    from dl_ray.spec import load_spec
+    from dl_ray.tune.spec import load_sweep
+    from dl_ray.tune.sweep import headline
+
+    checkpoint = tmp_path / "dates_attention" / "checkpoint_epoch_0001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"")  # found by name; nothing loads it here
+    (checkpoint / "spec.yaml").write_text(yaml.safe_dump(load_spec(ROOT / "jobs" / "dates_attention.yaml").to_dict()))
+    sweep = load_sweep(BEAM, [f"storage.path={tmp_path}"])
+    assert sweep.checkpoint == checkpoint  # under storage.path, not ./runs
+    assert sweep.tune.split == "test" and sweep.tune.metric == "test/exact_match"  # the held-out forms
+    assert headline(sweep, "in the trial process", 2).startswith(
+        "sweep dates_attention_beam: 18 trials (grid of 6 x 3 over beam_width, length_alpha)")
+
+
+def test_beam_sweep_without_its_trained_run_says_which_job_to_train(tmp_path, capsys):
+    assert tune(str(BEAM), "--set", f"storage.path={tmp_path}") == 2
+    err = capsys.readouterr().err
+    assert "tune.checkpoint: no trained run dates_attention in storage.path" in err
+    assert "train jobs/dates_attention.yaml first" in err and err.count("\n") == 1, err

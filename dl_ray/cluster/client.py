@@ -22,6 +22,18 @@ TOKEN_HELP = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's toke
               "or `kubectl get secret dl-ray-auth -o jsonpath='{.data.auth_token}' | base64 -d`")
 
 
+RAY_REFUSALS = ("Unauthorized:", "Forbidden:")  # how Ray's token check words its 401 / 403 (another server's differ)
+
+
+def _is_ray_version(reply: requests.Response) -> bool:
+    """Ray's ``/api/version`` answers a JSON object with its ``ray_version`` (any other server does not)."""
+    try:
+        body = reply.json()
+    except ValueError:
+        return False
+    return reply.ok and isinstance(body, dict) and isinstance(body.get("ray_version"), str)
+
+
 def connect(address: str):
     """A Jobs client for ``address`` (http URL), with the token from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray."""
     headers = auth_headers()
@@ -29,11 +41,12 @@ def connect(address: str):
         reply = requests.get(f"{address}/api/version", headers=headers, timeout=5)
     except requests.RequestException as e:
         raise ClusterError(f"cannot reach a Ray cluster at {address} ({_reason(e)}); {HOW_TO_REACH}") from None
-    if reply.status_code in (401, 403):
+    if reply.status_code in (401, 403) and reply.text.startswith(RAY_REFUSALS):
         problem = "needs a token" if not headers else "refused the token"
         raise ClusterError(f"the Ray cluster at {address} {problem} (token authentication is on); {TOKEN_HELP}")
-    if not reply.ok or "ray_version" not in reply.text:
-        raise ClusterError(f"{address} answered HTTP {reply.status_code} but is not a Ray dashboard; {HOW_TO_REACH}")
+    if not _is_ray_version(reply):
+        raise ClusterError(f"{address} answered HTTP {reply.status_code} but is not a Ray dashboard (no Ray version at "
+                           f"{address}/api/version); give the dashboard's address (port 8265 by default); {HOW_TO_REACH}")
 
     from ray.job_submission import JobSubmissionClient
 

@@ -18,6 +18,8 @@ from rich.console import Console
 from dl_ray.cluster import ClusterError
 
 COMMANDS = ("submit", "jobs", "cluster")
+RAY_CLIENT_LOGGERS = ("ray", "ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk",
+                      "ray._private.runtime_env.packaging")
 
 
 def add_commands(sub) -> None:
@@ -27,8 +29,10 @@ def add_commands(sub) -> None:
                                           "or the cluster from `dl-ray cluster up`)")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                         help="override a field, as for the job's own command (repeatable)")
-    submit.add_argument("--gpus", type=int, metavar="N", help="train on N GPUs: N Ray Train workers with one GPU each")
+    submit.add_argument("--gpus", type=int, metavar="N", help="train on N GPUs: N Ray Train workers with one GPU each; "
+                                                              "an RL job: 1 = its learner on a GPU, 0 = on CPU")
     submit.add_argument("--workers", type=int, metavar="N", help="train on N Ray Train workers (CPU unless --gpus)")
+    submit.add_argument("--verbose", action="store_true", help="show Ray's own log lines (uploading, websocket...)")
     submit.add_argument("--command", dest="job_command", help="the dl-ray command that runs the job (default: from the file: "
                                           "its kind: sweep -> tune, dqn/q_learning -> dqn, else train)")
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends (exit 1 unless it succeeds)")
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace, main: Callable[[list[str]], int], subcommands:
     """Run a cluster subcommand; ``main`` is dl-ray's entry point (for the job's own dry run)."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        if args.command in ("submit", "jobs"):
+            quiet_ray_client(getattr(args, "verbose", False))
         if args.command == "submit":
             return _submit(args, main, subcommands, err)
         if args.command == "jobs":
@@ -74,14 +80,14 @@ def run(args: argparse.Namespace, main: Callable[[list[str]], int], subcommands:
 
 def _submit(args, main, subcommands, err: Console) -> int:
     from dl_ray.cluster import jobs
-    from dl_ray.cluster.submit import job_commands, prepare, send
+    from dl_ray.cluster.submit import job_commands, prepare, resource_overrides, send
 
-    overrides = list(args.overrides)
-    if args.gpus is not None:
-        overrides += [f"scaling.num_workers={args.gpus}", "scaling.use_gpu=true"]
-    elif args.workers is not None:
-        overrides += [f"scaling.num_workers={args.workers}"]
-    sub = prepare(args.job, args.job_command, overrides, job_commands(subcommands))
+    sub = prepare(args.job, args.job_command, args.overrides, job_commands(subcommands))
+    extra, meaning = resource_overrides(sub.command, sub.raw, args.gpus, args.workers)
+    if extra:
+        sub = prepare(args.job, sub.command, [*args.overrides, *extra], job_commands(subcommands))
+    if meaning:
+        print(meaning, file=sys.stderr)
     with contextlib.redirect_stdout(io.StringIO()):  # the dry run prints the resolved job; we only want its verdict
         code = main(sub.dry_run_argv())
     if code:
@@ -89,7 +95,8 @@ def _submit(args, main, subcommands, err: Console) -> int:
     address = _address(args, sub.raw)
     submission_id = send(sub, address, lambda line: print(line, file=sys.stderr))
     print(submission_id, flush=True)  # alone on stdout: ID=$(dl-ray submit job.yaml)
-    print(f"follow: dl-ray jobs logs {submission_id} --follow\nstatus: dl-ray jobs status {submission_id}\n"
+    print(f"dashboard: {jobs.dashboard_url(address, submission_id)}\n"
+          f"follow: dl-ray jobs logs {submission_id} --follow\nstatus: dl-ray jobs status {submission_id}\n"
           f"stop:   dl-ray jobs stop {submission_id}", file=sys.stderr, flush=True)
     if not args.follow:
         return 0
@@ -130,6 +137,17 @@ def _cluster(args, console: Console) -> int:
                   f"  Python:  ray.init(address='{c.gcs_address}')  (with RAY_AUTH_MODE=token)\n"
                   f"  stop:    dl-ray cluster down{'' if here else f' --folder {folder}'}", highlight=False, soft_wrap=True)
     return 0
+
+
+def quiet_ray_client(verbose: bool) -> None:
+    """Ray's Jobs SDK logs INFO lines ("Uploading package...", "WebSocket closed...") on loggers it sets to INFO
+    itself when imported: dl-ray shows them only with --verbose."""
+    import logging
+
+    import ray.job_submission  # noqa: F401 - importing it sets those levels, so ours come after
+
+    for name in RAY_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _address(args, raw: dict | None = None) -> str:

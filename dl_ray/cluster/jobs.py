@@ -7,9 +7,11 @@ import time
 from datetime import datetime
 
 from rich.console import Console
-from rich.table import Table
 
 from dl_ray.cluster.client import explained
+from dl_ray.cluster.joblog import log_of, unwrap
+from dl_ray.fmt import fit_table
+from dl_ray.run_index import duration
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow", "RUNNING": "cyan", "PENDING": "blue"}
@@ -21,20 +23,36 @@ def list_jobs(client, address: str, console: Console) -> int:
     if not jobs:
         console.print(f"no submitted jobs on {address}")
         return 0
-    table = Table(title=f"jobs on {address}")
-    for col in ("submission id", "status", "started", "ran", "entrypoint"):
-        table.add_column(col, overflow="fold")
-    for job in sorted(jobs, key=lambda j: j.start_time or 0):
-        table.add_row(job.submission_id, _status(str(job.status)), _when(job.start_time), _ran(job), job.entrypoint)
-    console.print(table)
+    rows = [[job.submission_id, str(job.status), duration(_seconds(job)), _when(job.start_time), command_of(job.entrypoint)]
+            for job in sorted(jobs, key=lambda j: j.start_time or 0)]
+    # The id is the thing to copy: whole, on one line; the command, then the start time go first when space is short.
+    table, dropped = fit_table(["submission id", "status", "ran", "started", "command"], rows, console.width,
+                               title=f"jobs on {address}")
+    if dropped:
+        table.caption = f"not shown: {', '.join(dropped)} (too narrow; `dl-ray jobs status ID` shows them)"
+    console.print(table, soft_wrap=False)
     return 0
+
+
+def command_of(entrypoint: str) -> str:
+    """The job's dl-ray command, without the wrappers ``dl-ray submit`` puts around it (job.log, bucket mirror)."""
+    inner = unwrap(entrypoint)
+    start = inner.find("dl-ray ")
+    return inner[start:] if start >= 0 else inner
+
+
+def dashboard_url(address: str, submission_id: str) -> str:
+    """The job's page in the Ray dashboard (its logs, tasks, actors)."""
+    return f"{address.rstrip('/')}/#/jobs/{submission_id}"
 
 
 def status(client, address: str, job_id: str, console: Console) -> int:
     with explained(address, job_id):
         job = client.get_job_info(job_id)
     console.print(f"{job_id}: {_status(str(job.status))} after {_ran(job)} - {_first_line(job.message)}", soft_wrap=True)
-    console.print(f"  entrypoint: {job.entrypoint}", highlight=False, soft_wrap=True)
+    console.print(f"  command: {command_of(job.entrypoint)}", highlight=False, soft_wrap=True)
+    if kept := log_of(job.entrypoint):
+        console.print(f"  output kept in: {kept}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -88,14 +106,16 @@ def _status(status: str) -> str:
 
 
 def _when(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+    return datetime.fromtimestamp(ms / 1000).strftime("%m-%d %H:%M") if ms else "-"
+
+
+def _seconds(job) -> int:
+    end = job.end_time or time.time() * 1000
+    return max(0, int((end - job.start_time) / 1000)) if job.start_time else 0
 
 
 def _ran(job) -> str:
-    if not job.start_time:
-        return "0 s"
-    end = job.end_time or time.time() * 1000
-    seconds = max(0, int((end - job.start_time) / 1000))
+    seconds = _seconds(job)
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 

@@ -54,9 +54,10 @@ class LocalCluster:
         (Path(self.folder) / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
 
 
-def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | None = None, gpus: int | None = None,
+def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | list[int] | None = None, gpus: int | None = None,
        port: int = 6379, dashboard_port: int = 8265, temp_dir: Path | None = None, timeout_s: float = 120) -> LocalCluster:
-    """Start a head (and ``nodes - 1`` more nodes) on 127.0.0.1; port 0 = any free port."""
+    """Start a head (and ``nodes - 1`` more nodes) on 127.0.0.1; port 0 = any free port; ``cpus``: per node, or
+    one figure for each node."""
     folder = folder.absolute()
     folder.mkdir(parents=True, exist_ok=True)
     running = LocalCluster.load(folder)
@@ -72,8 +73,7 @@ def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | None = None, g
     cluster = LocalCluster(str(folder), address, gcs_address, str(token_file) if token_file else None, nodes, [])
 
     common = ["--block", "--node-ip-address", LOCALHOST, "--disable-usage-stats"]
-    if cpus is not None:
-        common += ["--num-cpus", str(cpus)]
+    node_cpus = cpus if isinstance(cpus, list) else [cpus] * nodes
     if gpus is not None:
         common += ["--num-gpus", str(gpus)]
     head = ["--head", "--port", str(port), "--include-dashboard", "true", "--dashboard-host", LOCALHOST,
@@ -81,7 +81,8 @@ def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | None = None, g
     try:
         for i in range(nodes):
             role = head if i == 0 else ["--address", gcs_address]
-            node = [*role, *common, *_node_ports(), *_temp_dir(temp_dir, i)]
+            cpu_flag = ["--num-cpus", str(node_cpus[i])] if node_cpus[i] is not None else []
+            node = [*role, *common, *cpu_flag, *_node_ports(), *_temp_dir(temp_dir, i)]
             cluster.address_files.append(_address_file(temp_dir, i))
             cluster.pids.append(_start(folder / f"node{i}.log", node, env))
             cluster.save()
@@ -106,6 +107,15 @@ def down(folder: Path = DEFAULT_FOLDER, timeout_s: float = 30) -> LocalCluster |
             path.unlink()
     (Path(cluster.folder) / STATE_FILE).unlink(missing_ok=True)
     return cluster
+
+
+def stop_node(folder: Path, index: int, timeout_s: float = 30) -> None:
+    """Stop node ``index`` (1 = the first node after the head) of the cluster recorded in ``folder``, as a lost
+    machine would go: its raylet and the workers on it end, the rest of the cluster stays up."""
+    cluster = LocalCluster.load(folder.absolute())
+    if cluster is None or not 0 < index < len(cluster.pids):
+        raise ClusterError(f"no node {index} in the cluster recorded in {folder} (node 0 is the head)")
+    _stop(cluster.pids[index], timeout_s)
 
 
 # ---------------------------------------------------------------- processes

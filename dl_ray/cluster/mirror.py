@@ -1,12 +1,19 @@
-"""Run a command whose run folder lives in a bucket: ``python -m dl_ray.cluster.mirror URI SCRATCH RUN -- CMD...``.
+"""A run folder kept in a bucket (``s3://`` / ``gs://``), through ``pyarrow.fs`` as Ray Train does.
 
-``dl-ray submit`` wraps a job whose ``storage.path`` is an ``s3://`` / ``gs://`` URI in this:
-it copies ``URI/RUN`` (an earlier attempt: the run resumes) into ``SCRATCH/RUN``, runs
-``CMD`` (given ``--set storage.path=SCRATCH``), copies new and changed files back to the
-bucket every ``DL_RAY_MIRROR_EVERY_S`` seconds (30) and once more when ``CMD`` ends, and
-exits with ``CMD``'s exit code. A stop (SIGTERM / SIGINT) is passed on to ``CMD``.
-Buckets are reached through ``pyarrow.fs`` (the same layer Ray Train uses), with the
-node's usual cloud credentials.
+A ``dl-ray train`` job sent to a bucket (``dl-ray submit`` sets ``DL_RAY_STORAGE_URI``) splits the work:
+
+* Ray Train writes its checkpoints straight into the bucket (``RunConfig(storage_path=URI)``), prunes
+  them there, and a rerun of the same run restores from them (Ray's checkpoint-manager snapshot);
+* the files we write ourselves (``spec.yaml``, ``metrics.csv``, ``summary.json``, plots) are written
+  to the same run folder on the writer's node (``storage.scratch_for``: the same path on every node)
+  and sent by :class:`Mirror` whenever the writer has written them: by rank 0 after each epoch and at
+  the end, by the driver at the end. A writer deletes in the bucket only what it sent and then removed
+  (a pruned local-mode checkpoint), never another writer's files.
+
+Other commands (``dl-ray tune``, ``dl-ray dqn``) are wrapped whole: ``python -m dl_ray.cluster.mirror
+URI SCRATCH RUN -- CMD...`` pulls ``URI/RUN`` into ``SCRATCH/RUN``, runs ``CMD``, pushes every
+``DL_RAY_MIRROR_EVERY_S`` seconds (30) and once more when ``CMD`` ends, and exits with ``CMD``'s code
+(1 when the last push fails). Files are streamed, never read whole into memory.
 """
 from __future__ import annotations
 
@@ -17,46 +24,148 @@ import sys
 import threading
 from pathlib import Path
 
+STORAGE_ENV = "DL_RAY_STORAGE_URI"  # the bucket a submitted `dl-ray train` job's storage.path stands for
+SKIPPED = (".tmp",)  # half-written files (History, persist_local's .tmp_ folders) are never sent
+_by_folder: dict[Path, Mirror] = {}
+CHECKPOINTS = "checkpoint_epoch_"  # dl_ray.train.checkpoints.dir_name
+SENT = (-1, -1)  # a bucket file this mirror wrote: its next listing is its own write, not a change
+
 
 class Mirror:
-    """Copies new or changed files of ``local`` to ``uri`` (and ``uri`` to ``local`` once, to resume)."""
+    """Keeps ``local`` and the bucket folder ``uri`` in step, as one writer sees them.
+
+    ``synced``: each local file's (size, mtime) when it last matched the bucket; ``seen``: each bucket file's
+    (size, mtime) when this mirror last listed it (``SENT`` after sending it). A local file whose stat
+    differs from ``synced`` was written here and is sent; a synced file gone here was deleted here and is
+    deleted there; one gone there was pruned there (by Ray) and is deleted here; one changed there (another
+    writer: rank 0 on another node) is fetched unless the local copy is newer."""
 
     def __init__(self, uri: str, local: Path):
         from pyarrow import fs
 
-        self.fs, self.remote = fs.FileSystem.from_uri(uri)
-        self.local = local
-        self.sent: dict[str, tuple[int, int]] = {}
+        self.uri, self.local = uri.rstrip("/"), Path(local)
+        self.fs, self.remote = fs.FileSystem.from_uri(self.uri)
+        self.synced: dict[str, tuple[int, int] | None] = {}
+        self.seen: dict[str, tuple[int, int]] = {}
 
     def pull(self) -> int:
-        from pyarrow import fs
+        """Bring new or changed bucket files here, drop local copies of files deleted there; returns files copied."""
+        remote = self._remote_files()
+        for name in [n for n in self.seen if n not in remote]:
+            if self.synced.get(name) == _stat(self.local / name):  # not rewritten here since
+                _remove(self.local, name)
+            self.seen.pop(name), self.synced.pop(name, None)
+        copied = 0
+        for name, stat in remote.items():
+            path = self.local / name
+            here, synced, before = _stat(path), self.synced.get(name), self.seen.get(name)
+            changed_there = before is None or before not in (SENT, stat)
+            if here is None:
+                fetch = name not in self.synced  # else deleted here: the next push deletes it there
+            elif name not in self.synced and here[0] == stat[0] and here[1] >= stat[1]:
+                fetch, self.synced[name] = False, here  # fetched already by another process of this node
+            else:
+                fetch = changed_there and (synced == here or here[1] < stat[1])  # a newer local copy wins
+            if fetch:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._copy(f"{self.remote}/{name}", str(path), download=True)
+                self.synced[name], copied = _stat(path), copied + 1
+            self.seen[name] = stat
+        return copied
 
-        if self.fs.get_file_info(self.remote).type != fs.FileType.Directory:
-            return 0
-        self.local.mkdir(parents=True, exist_ok=True)
-        fs.copy_files(self.remote, str(self.local), source_filesystem=self.fs, destination_filesystem=fs.LocalFileSystem())
-        self.sent = self._changed()  # what came from the bucket need not go back
-        return len(self.sent)
+    def push(self, checkpoints: bool = True) -> int:
+        """Send files written here since the last sync, delete there what was deleted here; returns files sent.
 
-    def push(self) -> int:
-        changed = self._changed()
-        for name in changed:
-            target = f"{self.remote}/{name}"
-            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            with self.fs.open_output_stream(target) as out:
-                out.write((self.local / name).read_bytes())
-        self.sent.update(changed)
+        ``checkpoints=False``: leave the checkpoint folders alone (the driver's push: Ray Train or rank 0 own them,
+        and a copy here may be one Ray has just pruned there)."""
+        here = {n: stat for n, stat in self._local_files().items() if checkpoints or not n.startswith(CHECKPOINTS)}
+        if not checkpoints:
+            here |= {n: stat for n, stat in self.synced.items() if n.startswith(CHECKPOINTS) and n not in here}
+        gone = [name for name in self.synced if name not in here]
+        pruned = {n.split("/", 1)[0] for n in gone if "/" in n and not (self.local / n.split("/", 1)[0]).exists()}
+        for folder in sorted(pruned):
+            self._delete(f"{self.remote}/{folder}", folder=True)  # a pruned checkpoint: no empty marker left behind
+        for name in gone:
+            if name.split("/", 1)[0] not in pruned:
+                self._delete(f"{self.remote}/{name}", folder=False)
+            self.synced.pop(name), self.seen.pop(name, None)
+        changed = {name: stat for name, stat in here.items() if self.synced.get(name) != stat}
+        for name, stat in changed.items():
+            self._copy(str(self.local / name), f"{self.remote}/{name}", download=False)
+            self.synced[name], self.seen[name] = stat, SENT
         return len(changed)
 
-    def _changed(self) -> dict[str, tuple[int, int]]:
+    def _local_files(self) -> dict[str, tuple[int, int]]:
         found = {}
         for path in self.local.rglob("*") if self.local.is_dir() else []:
-            if path.is_file() and not path.name.endswith(".tmp"):
-                stat = path.stat()
-                name = path.relative_to(self.local).as_posix()
-                if self.sent.get(name) != (stat.st_size, stat.st_mtime_ns):
-                    found[name] = (stat.st_size, stat.st_mtime_ns)
+            name = path.relative_to(self.local).as_posix()
+            if path.is_file() and not any(part.endswith(SKIPPED) or part.startswith(".tmp") for part in name.split("/")):
+                found[name] = _stat(path)
         return found
+
+    def _remote_files(self) -> dict[str, tuple[int, int]]:
+        from pyarrow import fs
+
+        infos = self.fs.get_file_info(fs.FileSelector(self.remote, recursive=True, allow_not_found=True))
+        return {i.path[len(self.remote) + 1:]: (i.size, i.mtime_ns or 0) for i in infos if i.type == fs.FileType.File}
+
+    def _copy(self, source: str, destination: str, download: bool) -> None:
+        from pyarrow import fs
+
+        here = fs.LocalFileSystem()
+        if not download:
+            if self.fs.type_name == "local":  # buckets have no folders to make
+                self.fs.create_dir(destination.rsplit("/", 1)[0], recursive=True)
+            fs.copy_files(source, destination, source_filesystem=here, destination_filesystem=self.fs)  # streamed
+            return
+        partial = f"{destination}.{os.getpid()}.tmp"  # another worker on this node may read the file meanwhile
+        fs.copy_files(source, partial, source_filesystem=self.fs, destination_filesystem=here)
+        os.replace(partial, destination)
+
+    def _delete(self, path: str, folder: bool) -> None:
+        from pyarrow import fs
+
+        kind = self.fs.get_file_info(path).type
+        if kind == fs.FileType.Directory if folder else kind == fs.FileType.File:  # already gone: another writer's delete
+            (self.fs.delete_dir if folder else self.fs.delete_file)(path)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _remove(root: Path, name: str) -> None:
+    """Delete ``root/name`` and the folders it leaves empty (a checkpoint pruned in the bucket)."""
+    path = root / name
+    path.unlink(missing_ok=True)
+    for folder in path.parents:
+        if folder == root or not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()
+
+
+def for_run(run_dir: Path, uri: str | None = None, fresh: bool = False) -> Mirror | None:
+    """This process's mirror of ``run_dir`` when its run lives in a bucket (``uri``, else ``$DL_RAY_STORAGE_URI``
+    + the run's name), pulled on first use (``fresh``: a new run starts: a new mirror); None for a run on a
+    filesystem."""
+    from dl_ray.errors import SpecError
+
+    run_dir = Path(run_dir)
+    uri = uri or (f"{os.environ[STORAGE_ENV].rstrip('/')}/{run_dir.name}" if os.environ.get(STORAGE_ENV) else None)
+    if uri is None:
+        return None
+    if fresh or run_dir not in _by_folder:
+        try:
+            mirror = Mirror(uri, run_dir)
+            mirror.pull()
+        except OSError as e:
+            raise SpecError(f"storage.path: cannot read the run folder {uri}: {str(e).splitlines()[0]}") from None
+        _by_folder[run_dir] = mirror
+    return _by_folder[run_dir]
 
 
 def main(argv: list[str]) -> int:
@@ -75,14 +184,22 @@ def main(argv: list[str]) -> int:
 
     def keep_pushing():
         while not stop.wait(every):
-            mirror.push()
+            try:
+                mirror.push()
+            except OSError as e:  # a transient bucket error: said, and retried at the next push
+                print(f"[dl-ray mirror] push to {uri}/{run} failed, retrying in {every:.0f} s: {e}", file=sys.stderr, flush=True)
 
     pusher = threading.Thread(target=keep_pushing, name="dl-ray-mirror", daemon=True)
     pusher.start()
     code = child.wait()
     stop.set()
     pusher.join()
-    print(f"[dl-ray mirror] {mirror.push()} file(s) copied to {uri}/{run}", flush=True)
+    try:
+        print(f"[dl-ray mirror] {mirror.push()} file(s) copied to {uri}/{run}", flush=True)
+    except OSError as e:
+        print(f"[dl-ray mirror] the run folder {mirror.local} could not be copied to {uri}/{run}: {e}", file=sys.stderr,
+              flush=True)
+        return code or 1
     return code
 
 

@@ -3,19 +3,25 @@
 * a local path: fine for one node (a laptop, a one-node cluster);
 * a shared path (``storage.shared: true``): the same filesystem on every node (NFS, EFS, Filestore,
   a ReadWriteMany volume); fine for any run;
-* an ``s3://`` / ``gs://`` URI: the job writes to a scratch folder on its driver's node, and
-  :mod:`dl_ray.cluster.mirror` copies it to the bucket while it runs and when it ends.
+* an ``s3://`` / ``gs://`` URI: ``dl-ray train`` jobs on any number of nodes (Ray Train writes the
+  checkpoints there, :mod:`dl_ray.cluster.mirror` our own files); other jobs write to a scratch folder
+  on their driver's node, copied to the bucket while they run and when they end.
 
 A run whose files are written on several nodes (Ray Train workers, Tune trials, RL actors) on a
-cluster of several nodes needs the shared filesystem: anything else scatters the run folder over
-the nodes. :func:`check` refuses that before the job is sent.
+cluster of several nodes, or one that may grow (an autoscaler runs), needs a shared filesystem or,
+for training, a bucket: anything else scatters the run folder over the nodes. :func:`check_nodes`
+refuses that and :func:`check_bucket` an unreachable bucket before the job is sent;
+:func:`probe_shared` checks at the job's start that every node sees a ``storage.shared`` path.
 """
 from __future__ import annotations
 
 import hashlib
-from pathlib import PurePosixPath
+import os
+import secrets
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import requests
 from pydantic import ValidationError
 
 from dl_ray.spec import SpecError, StorageSpec, describe
@@ -52,13 +58,169 @@ def check_path(storage: StorageSpec) -> None:
                         "(e.g. --set storage.path=/mnt/shared/runs --set storage.shared=true) or an s3:// / gs:// URI")
 
 
-def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: int, address: str) -> None:
-    """Refuse storage that one node cannot read back when the run may write from several."""
+def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: int, address: str,
+                autoscaling: bool = False) -> None:
+    """Refuse storage that one node cannot read back when the run may write from several nodes, now or once an
+    autoscaler has added some (a cluster of one head with min_workers 0 grows when the job asks for workers)."""
     why = spreads(command, raw)
-    if nodes <= 1 or why is None or storage.shared:
+    if (nodes <= 1 and not autoscaling) or why is None or storage.shared or (storage.is_uri and command == "train"):
         return
     kind = "a bucket mirrored from the job's driver node" if storage.is_uri else "node-local (storage.shared: false)"
-    raise SpecError(f"storage.path: {storage.path} is {kind}, but the cluster at {address} has {nodes} nodes and {why}: "
+    size = f"{nodes} node(s) and an autoscaler that adds more" if autoscaling else f"{nodes} nodes"
+    raise SpecError(f"storage.path: {storage.path} is {kind}, but the cluster at {address} has {size} and {why}: "
                     "the run folder would be scattered over them. Use a filesystem every node mounts at the same path "
                     "(NFS, EFS, Filestore, a ReadWriteMany volume, a bucket mounted with gcsfuse / mountpoint-s3) with "
                     "--set storage.path=/mnt/shared/runs --set storage.shared=true")
+
+
+def autoscaling(address: str) -> bool:
+    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay's in-tree autoscaler): it reports
+    its status to the dashboard's ``/api/cluster_status``, which is empty on a cluster of fixed nodes."""
+    from dl_ray.cluster.auth import auth_headers
+
+    try:
+        reply = requests.get(f"{address}/api/cluster_status", headers=auth_headers(), timeout=5)
+        data = reply.json().get("data") or {} if reply.ok else {}
+    except (requests.RequestException, ValueError):
+        return False
+    return bool(data.get("autoscalingStatus") or data.get("clusterStatus") or data.get("autoscalingError"))
+
+
+# ---------------------------------------------------------------- buckets
+
+CREDENTIALS = {
+    "s3": ("AWS credentials", ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                               "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+           (("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), ("AWS_CONFIG_FILE", "~/.aws/config")),
+           ("AWS_EC2_METADATA_DISABLED", "http://169.254.169.254/latest/api/token"),
+           "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run `aws configure`"),
+    "gs": ("Google Cloud credentials", ("GOOGLE_APPLICATION_CREDENTIALS",),
+           (("CLOUDSDK_CONFIG", "~/.config/gcloud/application_default_credentials.json"),),
+           ("NO_GCE_CHECK", "http://metadata.google.internal/computeMetadata/v1/"),
+           "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"),
+}
+
+
+def credentials_found(scheme: str) -> bool:
+    """Whether the cloud SDK's default chain can find credentials here: variables, files, the VM's metadata server."""
+    _, variables, files, (off_switch, metadata_url), _ = CREDENTIALS[scheme]
+    if any(os.environ.get(v) for v in variables):
+        return True
+    for variable, default in files:
+        path = Path(os.environ.get(variable) or default).expanduser()
+        if variable == "CLOUDSDK_CONFIG" and os.environ.get(variable):
+            path = path / "application_default_credentials.json"
+        if path.is_file():
+            return True
+    if os.environ.get(off_switch, "").lower() in ("true", "1"):
+        return False
+    try:  # a cloud VM's own identity (instance profile, service account); 1 s: elsewhere nothing answers
+        requests.put(metadata_url, headers={"X-aws-ec2-metadata-token-ttl-seconds": "60", "Metadata-Flavor": "Google"},
+                     timeout=1)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def check_bucket(uri: str) -> None:
+    """The bucket answers and lists with this machine's credentials; one line naming what is wrong otherwise."""
+    from pyarrow import fs
+
+    scheme, _, rest = uri.partition("://")
+    bucket = rest.split("/", 1)[0]
+    what, *_, help_ = CREDENTIALS[scheme]
+    if not credentials_found(scheme):
+        raise SpecError(f"storage.path: {uri} needs {what} and none were found on this machine; {help_}")
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
+            raise SpecError(f"storage.path: the bucket {bucket!r} of {uri} does not exist; create it or fix the name")
+        filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    except OSError as e:
+        text = " ".join(str(e).split())
+        reason = next((why for why, marks in BUCKET_ERRORS.items() if any(m in text for m in marks)), "failed")
+        raise SpecError(f"storage.path: {uri} {reason}: {text[:300]}") from None
+
+
+BUCKET_ERRORS = {  # words of the cloud SDKs' errors (as pyarrow passes them on) -> what to tell the user
+    "refused the credentials": ("ACCESS_DENIED", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "PermissionDenied"),
+    "is unreachable": ("NETWORK_CONNECTION", "Could not connect", "Couldn't resolve", "Could not resolve", "Timeout"),
+}
+
+
+# ---------------------------------------------------------------- a shared path, seen from every node
+
+PROBE_FOLDER = ".dl_ray_probe"
+
+
+def check_at_start(storage: StorageSpec, workers: int) -> None:
+    """On the cluster, before training starts (the driver joined Ray): a ``storage.shared`` path must be one
+    folder on every node; node-local storage is refused for workers on several nodes (a job started with
+    ``dl-ray train`` on a cluster, or one whose cluster grew since ``dl-ray submit`` checked it)."""
+    import ray
+
+    if storage.is_uri:
+        return
+    if storage.shared:
+        probe_shared(storage.path)
+        return
+    alive = sum(1 for n in ray.nodes() if n["Alive"])
+    if workers and alive > 1:
+        raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but this cluster has {alive} "
+                        f"nodes and scaling.num_workers={workers} places Ray Train workers on any node: the run folder "
+                        "would be scattered over them. Use --set storage.path=/mnt/shared/runs --set storage.shared=true "
+                        "(a filesystem every node mounts) or an s3:// / gs:// bucket")
+
+
+def probe_shared(path: str, timeout_s: float = 120) -> None:
+    """Every alive node writes a probe file into ``path``, then reads every other node's: a node that cannot
+    write there, or does not see the others' files, is one :class:`SpecError` naming ``path`` and the node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    if len(nodes) < 2:
+        return
+    folder = f"{path}/{PROBE_FOLDER}/{secrets.token_hex(4)}"
+    step = ray.remote(num_cpus=0, max_retries=0)(_probe_step)
+
+    def on_every_node(action: str) -> dict[str, str | None]:
+        refs = {node: step.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                .remote(action, folder, node, list(nodes)) for node in nodes}
+        try:
+            return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+        except ray.exceptions.RayError as e:  # a node lost meanwhile, or one that cannot start the job's tasks
+            raise SpecError(f"storage.path: could not check that every node sees {path} (storage.shared: true): "
+                            f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}") from None
+
+    try:
+        for action in ("write", "read"):
+            for node, problem in on_every_node(action).items():
+                if problem:
+                    raise SpecError(f"storage.path: {path} (storage.shared: true) is not one folder on every node: node "
+                                    f"{nodes[node]} ({node[:8]}) {problem}; mount the shared filesystem at {path} on "
+                                    "every node, or use an s3:// / gs:// bucket")
+    finally:
+        on_every_node("clean")
+
+
+def _probe_step(action: str, folder: str, node: str, all_nodes: list[str]) -> str | None:
+    """One node's part of :func:`probe_shared` (runs on that node): None when fine, else what went wrong."""
+    here = Path(folder)
+    if action == "write":
+        try:
+            here.mkdir(parents=True, exist_ok=True)
+            (here / node).write_text(node)
+        except OSError as e:
+            return f"cannot write there ({e.strerror})"
+        return None
+    if action == "read":
+        missing = [other[:8] for other in all_nodes if not (here / other).is_file()]
+        return f"does not see the probe files node(s) {', '.join(missing)} wrote there" if missing else None
+    (here / node).unlink(missing_ok=True)
+    for folder_ in (here, here.parent):
+        try:
+            folder_.rmdir()
+        except OSError:  # another node's probe is still there, or the folder is gone already
+            break
+    return None

@@ -128,7 +128,7 @@ def load_weights(model: nn.Module, path: Path, field: str = "model.weights", ign
         raise SpecError(f"{field}: no such file: {path}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:  # not a (safe) tensor file
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as e:  # not a (safe) tensor file
         raise SpecError(f"{field}: {path} is not a PyTorch state dict file ({type(e).__name__})") from None
     if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
         raise SpecError(f"{field}: {path} does not hold a state dict (a mapping of names to tensors)")

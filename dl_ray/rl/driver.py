@@ -8,9 +8,13 @@ env step): it submits learner calls as env steps arrive and holds actors back wh
 than ``max_update_lag`` calls behind. Weights go to the object store once per learner call and every actor
 reads that one copy at its next call (every K steps). A dead actor is replaced with the same index
 (same epsilon); the learner never waits on it. Ray appears only on the lines marked ``# [Ray]``.
+
+``actors.num_actors: 0`` runs this same loop in one process: ``self.ray`` is then :class:`~dl_ray.rl.inline.Inline`,
+which makes each call when the loop makes it (one env runner, the replay and the learner live in the driver).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import Any
@@ -26,6 +30,7 @@ from dl_ray.rl.outputs import RunFolder
 from dl_ray.rl.replay import FrameReplay
 from dl_ray.rl.runner import EnvRunner, build_qnet, evaluate
 from dl_ray.rl.spec import RLJobSpec, SpecError, parse_rl_spec
+from dl_ray.statuses import COMPLETED, STOPPED, status_fields
 
 
 def check(spec: RLJobSpec) -> EnvInfo:
@@ -41,7 +46,7 @@ def check(spec: RLJobSpec) -> EnvInfo:
             build_qnet(spec, info)
         except ValueError as e:
             raise SpecError(str(e)) from None
-        if spec.replay.shards > spec.actors.num_actors:
+        if spec.replay.shards > spec.actors.runners:
             raise SpecError(f"replay.shards: {spec.replay.shards} shards need >= as many actors (actors.num_actors={spec.actors.num_actors})")
     RunFolder(spec).check()
     return info
@@ -77,6 +82,10 @@ def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, A
         from dl_ray.rl.tabular import run_q_learning
 
         return run_q_learning(spec, info, console)
+    if spec.actors.one_process:
+        from dl_ray.rl.inline import Inline
+
+        return DQNRun(spec, info, console, Inline()).run()
     from dl_ray.train.runner import quiet_ray, ensure_ray
 
     quiet_ray(verbose)
@@ -84,11 +93,16 @@ def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, A
     import ray  # [Ray]
 
     try:
-        return DQNRun(spec, info, console).run()
+        return DQNRun(spec, info, console, ray).run()
     except ray.exceptions.RayError as e:  # [Ray] a learner or replay failure: one line, the rest in error.txt
         from dl_ray.train.runner import RunError, explain_failure
 
         raise RunError(explain_failure(e, spec.run_dir)) from e
+
+
+def eval_seed(spec: RLJobSpec, env_steps: int) -> int:
+    """The seed of the evaluation at ``env_steps`` (recorded in metrics.csv; ``dl-ray eval`` replays with it)."""
+    return spec.seed + 7_777 + env_steps
 
 
 class ReplayInLearner:
@@ -100,9 +114,9 @@ class ReplayInLearner:
 
 
 class DQNRun:
-    def __init__(self, spec: RLJobSpec, info: EnvInfo, console: Console):
-        import ray  # [Ray]
-
+    def __init__(self, spec: RLJobSpec, info: EnvInfo, console: Console, ray: Any = None):
+        if ray is None:
+            import ray  # [Ray]
         self.ray, self.spec, self.info, self.console = ray, spec, info, console
         self.gpus = learner_gpus(spec, ray.cluster_resources())  # [Ray] before anything is written
         self.device = "cuda" if self.gpus else "cpu"
@@ -112,8 +126,9 @@ class DQNRun:
         self.returns: deque[float] = deque(maxlen=100)
         self.last_eval: dict[str, float] = {}
         r = spec.replay
+        self.threads = max(1, math.ceil(spec.learner.num_cpus))
         self.learner = ray.remote(Learner).options(num_cpus=spec.learner.num_cpus, num_gpus=self.gpus).remote(  # [Ray]
-            spec, info, self.device, max(1, int(spec.learner.num_cpus)))
+            spec, info, self.device, self.threads)
         if r.on_learner:
             self.shards = [ReplayInLearner(self.learner)]
         else:
@@ -135,7 +150,7 @@ class DQNRun:
         self.collecting: dict[Any, tuple[int, Any]] = {}  # stats ref -> (actor index, chunk ref)
         self.paused: list[int] = []
         self.training: dict[Any, Any] = {}  # metrics ref -> priorities ref
-        self.evaluating: dict[Any, tuple[int, Any]] = {}  # eval ref -> (env steps, weights ref)
+        self.evaluating: dict[Any, tuple[int, Any, float]] = {}  # eval ref -> (env steps, weights ref, start time)
         self.best: dict[str, float] = {}
         self.loss, self.q_mean, self.epsilons = float("nan"), float("nan"), {}
 
@@ -144,22 +159,26 @@ class DQNRun:
     def run(self) -> dict[str, Any]:
         spec, c = self.spec, self.counters
         total = spec.dqn.total_env_steps
-        for i in range(spec.actors.num_actors):
+        for i in range(spec.actors.runners):
             self._start_actor(i)
             self._collect(i)
         next_log, next_ckpt = self._next(c["env_steps"], spec.dqn.log_every_env_steps), self._next(c["env_steps"], spec.checkpoint.every_env_steps)
         every_eval = spec.evaluation.every_env_steps
         next_eval = self._next(c["env_steps"], every_eval) if every_eval else None
-        self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {spec.actors.num_actors} actors x "
-                           f"{spec.actors.envs_per_actor} envs, learner on {self.device} → {self.folder.dir}", soft_wrap=True)
+        a = spec.actors
+        layout = (f"one process ({a.envs_per_actor} envs, {self.threads} torch threads)" if a.one_process
+                  else f"{a.num_actors} actors x {a.envs_per_actor} envs")
+        self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {layout}, learner on {self.device} → "
+                           f"{self.folder.dir}", soft_wrap=True)
         self.t0, self.mark = time.monotonic(), (time.monotonic(), c["env_steps"], self.updates_done)
         self.collecting_since: float | None = None  # dqn.max_time_s counts from here
+        self.start_steps = c["env_steps"]
         with self._progress() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
             while c["env_steps"] < total and not self._out_of_time():
                 self._submit_updates()
                 self._wait_and_handle()
-                if c["env_steps"] >= next_log:
+                if c["env_steps"] >= next_log or self._progress_due():
                     next_log = self._next(c["env_steps"], spec.dqn.log_every_env_steps)
                     self._log_row(bar)
                 if next_eval is not None and total > c["env_steps"] >= next_eval:  # the last one is the final eval
@@ -175,7 +194,7 @@ class DQNRun:
         self._checkpoint()
         for ref in list(self.evaluating):
             self._eval_done(ref)
-        self._eval_done(self._evaluate(), final=True)
+        self._eval_done(self._evaluate(final=True), final=True)
         if spec.evaluation.video:
             self._record_video()
         return self._finish()
@@ -186,10 +205,15 @@ class DQNRun:
         if limit is None:
             return False
         if self.collecting_since is None:
-            if self.counters["env_steps"] > self.mark[1]:  # the first log row moves mark only after steps came
+            if self.counters["env_steps"] > self.start_steps:
                 self.collecting_since = time.monotonic()
             return False
         return time.monotonic() - self.collecting_since >= limit
+
+    def _progress_due(self) -> bool:
+        """dqn.progress_every_s passed since the last row, and env steps came in since (no repeated rows)."""
+        t, steps, _ = self.mark
+        return time.monotonic() - t >= self.spec.dqn.progress_every_s and self.counters["env_steps"] > steps
 
     @staticmethod
     def _next(now: int, every: int) -> int:
@@ -217,7 +241,7 @@ class DQNRun:
         a = self.spec.actors
         seed = self.spec.seed + 10_000 * i + 1_000_000 * self.counters["actor_restarts"] + self.counters["env_steps"]
         Actor = self.ray.remote(EnvRunner).options(num_cpus=a.cpus_per_actor, num_gpus=a.gpus_per_actor, max_restarts=0)  # [Ray]
-        self.actors[i] = Actor.remote(self.spec, self.info, i, seed, 1)
+        self.actors[i] = Actor.remote(self.spec, self.info, i, seed, self.threads if a.one_process else 1)
 
     def _collect(self, i: int) -> None:
         stats, chunk = self.actors[i].collect.options(num_returns=2).remote(  # [Ray]
@@ -291,23 +315,28 @@ class DQNRun:
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
 
-    def _evaluate(self) -> Any:
+    def _evaluate(self, final: bool = False) -> Any:
         e, steps = self.spec.evaluation, self.counters["env_steps"]
-        ref = self.evaluate.remote(self.spec, self.info, self.weights, e.episodes, e.epsilon, self.spec.seed + 7_777 + steps,  # [Ray]
+        seed = eval_seed(self.spec, steps)
+        if self.spec.actors.one_process or final:  # the run waits for this one: say so
+            self.console.print(f"evaluating at {steps:,} env steps: {e.episodes} episodes, seed {seed}…", highlight=False)
+        ref = self.evaluate.remote(self.spec, self.info, self.weights, e.episodes, e.epsilon, seed,  # [Ray]
                                    self.spec.actors.env_threads)
-        self.evaluating[ref] = (steps, self.weights)
+        self.evaluating[ref] = (steps, self.weights, time.monotonic())
         return ref
 
     def _eval_done(self, ref: Any, final: bool = False) -> None:
-        steps, weights = self.evaluating.pop(ref)
-        result = self.ray.get(ref)  # [Ray]
+        steps, weights, started = self.evaluating.pop(ref)
+        result = self.ray.get(ref) | {"eval/seed": eval_seed(self.spec, steps)}  # [Ray]
         self.last_eval = result
         self.folder.log({"env_steps": steps, **result})
         if result["eval/return_mean"] > self.best.get("best_eval/return_mean", -np.inf):
-            self.best = {"best_eval/return_mean": result["eval/return_mean"], "best_eval/env_steps": steps}
-            torch.save(self.ray.get(weights), self.folder.dir / "best_weights.pt")  # [Ray]
+            self.best = {"best_eval/return_mean": result["eval/return_mean"], "best_eval/env_steps": steps,
+                         "best_eval/seed": result["eval/seed"]}
+            torch.save(self.ray.get(weights) | {"env_steps": steps}, self.folder.dir / "best_weights.pt")  # [Ray]
         self.console.print(f"evaluation at {steps:,} env steps: return {result['eval/return_mean']:.2f} "
-                           f"± {result['eval/return_std']:.2f} over {result['eval/episodes']} episodes"
+                           f"± {result['eval/return_std']:.2f} over {result['eval/episodes']} episodes "
+                           f"(seed {result['eval/seed']}, {time.monotonic() - started:.0f} s)"
                            + (" (final)" if final else ""), highlight=False)
 
     def _record_video(self) -> None:
@@ -357,7 +386,7 @@ class DQNRun:
     def _finish(self) -> dict[str, Any]:
         replay = self.ray.get([s.stats.remote() for s in self.shards])  # [Ray]
         frames = sum(s["frames"] for s in replay)
-        summary = {"status": "finished", "kind": "dqn", "env": self.spec.env.id, **self.counters,
+        summary = {**self._status(), "kind": "dqn", "env": self.spec.env.id, **self.counters,
                    "updates": self.updates_done, "time_s": time.monotonic() - self.t0,
                    "recent_return": float(np.mean(self.returns)) if self.returns else None,
                    "replay_frames": frames, "replay_bytes_per_slot": sum(s["bytes"] for s in replay) / self.spec.replay.capacity,
@@ -368,10 +397,19 @@ class DQNRun:
         b = self.best
         best = (f" (best {b['best_eval/return_mean']:.2f} at {b['best_eval/env_steps']:,} env steps: best_weights.pt)"
                 if b and b["best_eval/env_steps"] != summary["env_steps"] else "")
-        self.console.print(f"done: {summary['env_steps']:,} env steps, {summary['updates']:,} updates, "
+        why = f" (stopped: {summary['stop_reason']})" if "stop_reason" in summary else ""
+        self.console.print(f"done: {summary['env_steps']:,} env steps{why}, {summary['updates']:,} updates, "
                            f"eval return {summary.get('eval/return_mean', float('nan')):.2f}{best} → {self.folder.dir}",
                            soft_wrap=True, highlight=False)
         return summary
+
+    def _status(self) -> dict[str, str]:
+        """completed when the run reached dqn.total_env_steps; else stopped, saying by what and how far it got."""
+        steps, total = self.counters["env_steps"], self.spec.dqn.total_env_steps
+        if steps >= total:
+            return status_fields(COMPLETED)
+        return status_fields(STOPPED, f"max_time_s ({self.spec.dqn.max_time_s:g} s) at {100 * steps / total:.1f} % "
+                                      f"of {total:,} env steps")
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("dqn"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

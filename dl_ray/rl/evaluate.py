@@ -2,12 +2,13 @@
 
 DQN: the best evaluation's weights (``best_weights.pt``) or the last checkpoint's, whole games with no-op
 starts and the evaluation epsilon, raw rewards, exactly the training run's evaluation protocol; ``--video``
-(Atari) records one game as a GIF. Tabular Q-learning: greedy play of ``q_table.npy``. With the seed the run
-used, the figures equal the run's own (tests check it).
+(Atari) records one game as a GIF. Tabular Q-learning: greedy play of ``q_table.npy``. By default with the seed
+of the run's own evaluation of those weights (``eval/seed`` in metrics.csv): the figures equal the run's own.
 """
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from dl_ray.rl.driver import eval_seed
 from dl_ray.rl.envs import describe_env
 from dl_ray.rl.outputs import load_checkpoint
 from dl_ray.rl.runner import Weights, evaluate
@@ -35,17 +37,22 @@ def rl_run_dir(target: str | Path) -> Path | None:
 
 
 def load_weights_file(run_dir: Path, which: str) -> Weights:
-    """``best``: the best evaluation's weights; ``last``: the online network of the latest checkpoint."""
+    """``best``: the best evaluation's weights; ``last``: the online network of the latest checkpoint; with the env
+    step they are from (``env_steps``; absent in best_weights.pt files of older runs)."""
     if which == "best":
         path = run_dir / "best_weights.pt"
         if not path.is_file():
             raise SpecError(f"eval: --weights best: {run_dir} has no best_weights.pt (no evaluation finished yet); use --weights last")
-        return torch.load(path, weights_only=False)
+        try:
+            return torch.load(path, weights_only=True)
+        except pickle.UnpicklingError:  # NumPy arrays: how runs before the tensor format saved them
+            raise SpecError(f"eval: {path} holds NumPy arrays (written by an older dl_ray), which a safe load refuses; "
+                            "use --weights last, or rerun the job") from None
     saved = load_checkpoint(run_dir, replay=False)
     if saved is None:
         raise SpecError(f"eval: --weights last: {run_dir} has no checkpoint/state.pt yet; run the job first")
     learner = saved["learner"]
-    return {"version": learner["updates"], "state": {k: v.numpy() for k, v in learner["net"].items()}}
+    return {"version": learner["updates"], "state": learner["net"], "env_steps": saved["counters"]["env_steps"]}
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | None, weights: str, video: bool,
@@ -55,13 +62,13 @@ def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | Non
     if not (run_dir / "spec.yaml").is_file():
         raise SpecError(f"eval: {run_dir} holds no run (no spec.yaml); run it first: dl-ray dqn JOB")
     spec: RLJobSpec = parse_rl_spec(yaml.safe_load((run_dir / "spec.yaml").read_text()))
-    seed = spec.seed + 1 if seed is None else seed
     if spec.kind == "q_learning":
+        seed = spec.seed + 1 if seed is None else seed
         if epsilon is not None or video or weights != "best":
             raise SpecError("eval: --epsilon, --weights and --video are for DQN runs; a Q-learning run plays its greedy table")
         result, what = _play_table(spec, run_dir, episodes or spec.q_learning.eval_episodes, seed)
     else:
-        result, what = _play_dqn(spec, run_dir, episodes or spec.evaluation.episodes, seed, epsilon, weights, video)
+        result, what, seed = _play_dqn(spec, run_dir, episodes or spec.evaluation.episodes, seed, epsilon, weights, video)
     out = run_dir / f"eval_{result['weights']}.json"
     out.write_text(json.dumps(result | {"seed": seed}, indent=1))
     line = f"{spec.name}: {what}: return {result['eval/return_mean']:.2f}"
@@ -83,17 +90,17 @@ def _play_table(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int) -> tup
     return evaluate_table(make_env(spec.env), np.load(q_table), episodes, seed) | {"weights": "q_table"}, "greedy Q-table"
 
 
-def _play_dqn(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int, epsilon: float | None, weights: str,
-              video: bool) -> tuple[dict[str, Any], str]:
+def _play_dqn(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int | None, epsilon: float | None, weights: str,
+              video: bool) -> tuple[dict[str, Any], str, int]:
+    """Play the weights; the default seed is that of the run's evaluation of these weights (the best one, or the
+    final one for the last checkpoint), so the figures are that evaluation's."""
     if video and not spec.env.is_atari:
         raise SpecError(f"eval: --video records Atari games (ALE/...); {spec.env.id} has no video here")
     epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
     state, info = load_weights_file(run_dir, weights), describe_env(spec.env)
-    threads = torch.get_num_threads()
-    try:  # one thread, as the run's own evaluations: the same seed gives the same figures
-        result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1)
-    finally:
-        torch.set_num_threads(threads)
+    if seed is None:
+        seed = eval_seed(spec, state["env_steps"]) if "env_steps" in state else spec.seed + 1
+    result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1)  # one thread, as the run's own evaluations
     result |= {"weights": weights, "eval/epsilon": epsilon}
     if video:
         from dl_ray.rl.video import record_episode
@@ -101,4 +108,5 @@ def _play_dqn(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int, epsilon:
         gif, played = record_episode(spec, info, state, seed, epsilon)
         (run_dir / f"eval_{weights}.gif").write_bytes(gif)
         result |= played
-    return result, f"{weights} weights (after {state['version']:,} updates), epsilon {epsilon:g}"
+    when = f"at {state['env_steps']:,} env steps" if "env_steps" in state else f"after {state['version']:,} updates"
+    return result, f"{weights} weights ({when}), epsilon {epsilon:g}", seed

@@ -30,11 +30,14 @@ class Learner:
         torch.manual_seed(spec.seed)
         self.spec, self.stack, self.device = spec, info.stack, torch.device(device)
         self.net = build_qnet(spec, info).to(self.device)
+        if self.device.type == "cpu":  # oneDNN prefers NHWC: with fused Adam, a Nature-CNN update ~10 % faster
+            self.net.to(memory_format=torch.channels_last)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.graphed = spec.learner.cuda_graph and self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.optimizer = make_optimizer(self.net, spec.optimizer, l2=0.0, capturable=self.graphed)
+        self.optimizer = make_optimizer(self.net, spec.optimizer, l2=0.0, capturable=self.graphed,
+                                        fused=self.device.type == "cpu")
         self.graph: tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple] | None = None  # at the 1st update
         self.updates = 0
         r = spec.replay
@@ -127,7 +130,9 @@ class Learner:
         return graph, static, out
 
     def weights(self) -> Weights:
-        return {"version": self.updates, "state": {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}}
+        """A copy (in one process nothing else copies it, and training goes on changing the network)."""
+        return {"version": self.updates,
+                "state": {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}}
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs, on the CPU (the driver may have no GPU)."""

@@ -18,9 +18,9 @@ from dl_ray.spec import refuse_other_spec
 from dl_ray.tracking import History, WandbRun, write_summary
 
 # Fields that may change when a run is started again (it resumes); anything else needs a new storage.name.
-RESUMABLE = ("dqn.total_env_steps", "dqn.max_time_s", "q_learning.episodes", "actors.num_actors", "actors.cpus_per_actor",
-             "actors.env_threads", "actors.overlap", "actors.gpus_per_actor", "actors.inference_dtype", "learner", "evaluation",
-             "checkpoint", "tracking", "storage.path")
+RESUMABLE = ("dqn.total_env_steps", "dqn.max_time_s", "dqn.progress_every_s", "q_learning.episodes", "actors.num_actors",
+             "actors.cpus_per_actor", "actors.env_threads", "actors.overlap", "actors.gpus_per_actor",
+             "actors.inference_dtype", "learner", "evaluation", "checkpoint", "tracking", "storage.path")
 
 
 class RunFolder:
@@ -81,7 +81,7 @@ def load_checkpoint(run_dir: Path, replay: bool = True) -> dict[str, Any] | None
     """The run's last checkpoint (learner, counters, spec; ``replay``: its saved shards too), or None."""
     for folder in (run_dir / "checkpoint", run_dir / "checkpoint.old"):  # .old: killed between the two renames
         if (folder / "state.pt").is_file():
-            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
             state["replay"] = [dict(np.load(p)) for p in sorted(folder.glob("replay_*.npz"))] if replay else []
             return state
     return None

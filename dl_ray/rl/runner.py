@@ -18,7 +18,7 @@ from dl_ray.rl.envs import EnvInfo, OverlappedVectorEnv, make_vector_env, newest
 from dl_ray.rl.spec import ExplorationSpec, RLJobSpec
 
 Weights = dict[str, Any]
-"""``{"version": updates done, "state": {parameter name: numpy array}}``."""
+"""``{"version": updates done, "state": {parameter name: CPU tensor}}`` (``torch.load(weights_only=True)`` reads it)."""
 
 
 def apex_epsilon(i: int, num_actors: int, epsilon: float, alpha: float) -> float:
@@ -41,7 +41,7 @@ def build_qnet(spec: RLJobSpec, info: EnvInfo) -> torch.nn.Module:
 
 
 def load_weights(net: torch.nn.Module, weights: Weights) -> None:
-    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights["state"].items()})
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in weights["state"].items()})
 
 
 def greedy_actions(net: torch.nn.Module, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
@@ -123,8 +123,18 @@ class EnvRunner:
 
 def evaluate(spec: RLJobSpec, info: EnvInfo, weights: Weights, episodes: int, epsilon: float, seed: int,
              threads: int = 1) -> dict[str, float]:
-    """Play ``episodes`` whole games at once (one per env, raw rewards, no-op starts); mean/std of returns."""
+    """Play ``episodes`` whole games at once (one per env, raw rewards, no-op starts); mean/std of returns.
+    Runs on ``threads`` torch threads (the same seed gives the same figures) and restores the caller's."""
+    caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _play(spec, info, weights, episodes, epsilon, seed, threads)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _play(spec: RLJobSpec, info: EnvInfo, weights: Weights, episodes: int, epsilon: float, seed: int,
+          threads: int) -> dict[str, float]:
     env = make_vector_env(spec.env, episodes, num_threads=threads)
     obs, _ = env.reset(seed=seed)
     net = build_qnet(spec, info).eval()

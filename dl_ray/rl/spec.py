@@ -62,8 +62,10 @@ class ExplorationSpec(Section):
 
 
 class ActorsSpec(Section):
-    num_actors: int = Field(2, ge=1)
-    """Ray actors playing in parallel (each with its own epsilon and Q-network copy)."""
+    num_actors: int = Field(2, ge=0)
+    """Ray actors playing in parallel (each with its own epsilon and Q-network copy). 0 = one process, no Ray:
+    one env runner of envs_per_actor envs steps and the learner learns in the driver, torch using
+    learner.num_cpus threads for both (a laptop: no object store, no core split between processes)."""
     envs_per_actor: int = Field(8, ge=1)
     """Environments each actor steps as one vector (batched inference)."""
     steps_per_call: int = Field(32, ge=1)
@@ -86,6 +88,15 @@ class ActorsSpec(Section):
     CNN, 2 cores: fleet frames/s 1.3x); older CPUs emulate it (slower). Greedy actions can differ from
     float32's only where two Q-values are within bfloat16 rounding (~0.5 % of their scale)."""
     exploration: ExplorationSpec = ExplorationSpec()
+
+    @property
+    def one_process(self) -> bool:
+        return self.num_actors == 0
+
+    @property
+    def runners(self) -> int:
+        """Env runners: the Ray actors, or the one runner of the one-process mode."""
+        return max(1, self.num_actors)
 
 
 class ReplaySpec(Section):
@@ -127,6 +138,9 @@ class DQNSpec(Section):
     """Learner calls the actors may run ahead of the replay ratio before the driver pauses them."""
     log_every_env_steps: int = Field(10_000, ge=1)
     """A metrics.csv row (and a progress line) every so many env steps."""
+    progress_every_s: float = Field(10.0, gt=0)
+    """Also a row and a progress line whenever this many seconds passed since the last one (slow envs, large
+    log_every_env_steps)."""
     max_time_s: float | None = Field(None, gt=0)
     """Stop collecting after this many seconds of training, counted from the first transitions (actor start-up
     excluded); the owed updates, the checkpoint and the final evaluation still run. null = run to total_env_steps."""
@@ -136,7 +150,8 @@ class LearnerSpec(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = a GPU when the Ray cluster has one, else CPU."""
     num_cpus: float = Field(1.0, gt=0)
-    """CPUs Ray reserves for the learner (also its torch threads, rounded up)."""
+    """CPUs Ray reserves for the learner (also its torch threads, rounded up); with actors.num_actors: 0, the
+    torch threads of the one process (learning and acting)."""
     cuda_graph: bool = True
     """On a GPU, capture the update (loss, backward, clipping, optimiser step) once as a CUDA graph and replay
     it: small Q-networks are bound by kernel launches, not arithmetic. Ignored on CPU."""
@@ -207,9 +222,21 @@ class RLJobSpec(RunFolder, Section):
             raise ValueError(f"evaluation.video records Atari games (ALE/...); {self.env.id} has no video here: set it false")
         if self.replay.on_learner and self.replay.shards != 1:
             raise ValueError(f"replay.on_learner keeps one replay in the learner: set replay.shards to 1 (got {self.replay.shards})")
+        if self.kind == "dqn" and self.actors.one_process:
+            _refuse_fleet_only(self)
         if self.replay.capacity < self.replay.shards * 1000:
             raise ValueError(f"replay.capacity must hold >= 1000 frames per shard (got {self.replay.capacity})")
         return self
+
+
+def _refuse_fleet_only(spec: RLJobSpec) -> None:
+    """actors.num_actors: 0 runs without Ray actors: fields that only shape the fleet cannot apply."""
+    if spec.actors.gpus_per_actor > 0:
+        raise ValueError(f"actors.gpus_per_actor: {spec.actors.gpus_per_actor:g} is a Ray actor's GPU share; with "
+                         "actors.num_actors: 0 (one process) set it to 0, or use actors.num_actors >= 1")
+    if spec.replay.shards != 1:
+        raise ValueError(f"replay.shards: {spec.replay.shards} shards are Ray actors; with actors.num_actors: 0 "
+                         "(one process) set it to 1, or use actors.num_actors >= 1")
 
 
 def load_rl_spec(path: str | Path, overrides: list[str] = ()) -> RLJobSpec:

@@ -21,6 +21,7 @@ from rich.progress import Progress
 
 from dl_ray.rl.envs import EnvInfo
 from dl_ray.rl.spec import EnvSpec, QLearningSpec, RLJobSpec
+from dl_ray.statuses import COMPLETED, status_fields
 
 
 def greedy(q_row: np.ndarray, rng: np.random.Generator) -> int:
@@ -105,7 +106,7 @@ def run_q_learning(spec: RLJobSpec, info: EnvInfo, console: Console) -> dict[str
     result = evaluate_table(env, q, cfg.eval_episodes, spec.seed + 1)
     folder.log({"env_steps": counters["env_steps"], **result})
     np.save(folder.dir / "q_table.npy", q)
-    summary = {"status": "finished", "kind": "q_learning", "env": spec.env.id, "episodes": cfg.episodes,
+    summary = {**status_fields(COMPLETED), "kind": "q_learning", "env": spec.env.id, "episodes": cfg.episodes,
                "env_steps": counters["env_steps"], "time_s": time.monotonic() - t0, **result}
     folder.finish(summary)
     console.print(f"evaluation: success rate {result['eval/success_rate']:.3f}, return {result['eval/return_mean']:.3f} "

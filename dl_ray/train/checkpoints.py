@@ -4,11 +4,16 @@ With workers, Ray Train persists and prunes these folders (``CheckpointConfig``)
 Ray Train's local mode (``num_workers: 0``) keeps nothing on disk, so there
 :func:`persist_local` does the same job with the same names and rule: keep the
 best ``keep`` by score, and always the latest.
+
+Run folders live on shared disks and in buckets that others can write, so a checkpoint is only ever loaded
+with ``torch.load(weights_only=True)``, after a scan of its pickle (:func:`safe_state`): it holds tensors and
+plain Python (int, float, str, bool, None, list, tuple, dict), never objects whose unpickling runs code.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +21,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from dl_ray.errors import SpecError
 
 STATE = "state.pt"
 PATTERN = re.compile(r"^checkpoint_epoch_(\d+)$")
@@ -28,6 +35,10 @@ def dir_name(epoch: int) -> str:
 def write(folder: Path, state: dict[str, Any], metrics: dict[str, Any], spec: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / STATE)
+    if unsafe := torch.serialization.get_unsafe_globals_in_checkpoint(folder / STATE):  # a bug here, caught at once
+        (folder / STATE).unlink()
+        raise TypeError(f"checkpoint state holds {', '.join(unsafe)}; store tensors and plain Python only (ints, floats, "
+                        "strings, lists, dicts): checkpoints are read back with torch.load(weights_only=True)")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
@@ -47,8 +58,28 @@ def restore(saved: dict[str, Any], task, optimizers: dict, schedulers: dict) -> 
         sched.load_state_dict(saved["schedulers"][name])
 
 
+def safe_state(folder: str | Path) -> Path:
+    """``folder``'s state file, once a scan of its pickle (nothing is unpickled) shows it holds only what
+    :func:`write` stores; anything else is one SpecError line, and the file is never loaded."""
+    path = Path(folder) / STATE
+    advice = f"delete {path.parent} or train afresh under another name (--set storage.name=NEW)"
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, OSError) as e:  # not torch.save's zip format: not written by dl-ray
+        raise SpecError(f"{path}: not a checkpoint (not torch.save's zip format: {' '.join(str(e).split())}); {advice}") from None
+    if unsafe:
+        raise SpecError(f"{path}: refused: unpickling it would call {', '.join(unsafe)}, and dl-ray loads only checkpoints "
+                        f"of tensors and plain values (any other pickle can run code); if an older dl-ray wrote it, {advice}")
+    return path
+
+
 def read(folder: str | Path) -> dict[str, Any]:
-    saved = torch.load(Path(folder) / STATE, map_location="cpu", weights_only=False)
+    path = safe_state(folder)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as e:  # damaged (torn write, bad copy)
+        raise SpecError(f"{path}: cannot be read ({type(e).__name__}); delete {path.parent} to resume from the one "
+                        "before") from None
     if "optimizer" in saved:  # written before optimizers had names: the one optimizer is "main"
         saved["optimizers"], saved["schedulers"] = {"main": saved.pop("optimizer")}, {"main": saved.pop("scheduler")}
     return saved
@@ -65,8 +96,9 @@ def saved(run_dir: Path) -> dict[int, Path]:
 
 
 def latest(run_dir: Path) -> Path | None:
+    """The checkpoint a run resumes from, scanned (:func:`safe_state`) before anything starts."""
     found = saved(run_dir)
-    return found[max(found)] if found else None
+    return safe_state(found[max(found)]).parent if found else None
 
 
 def persist_local(src: Path, run_dir: Path, epoch: int, keep: int, score: str | None, mode: str) -> Path:

@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from dl_ray import statuses
+from dl_ray.cluster import mirror
 from dl_ray.data import DataBundle, build_data
 from dl_ray.models import build_model
 from dl_ray.models.task import Ratio, Task
 from dl_ray.spec import JobSpec, parse_spec
 from dl_ray.train import checkpoints, session
-from dl_ray.train.optim import make_optimizers, make_scheduler, optimizer_specs
+from dl_ray.train.optim import make_optimizers, make_scheduler, optimizer_specs, replan
 from dl_ray.train.progress import ProgressSender
 from dl_ray.tracking import History, WandbRun, write_summary
 
@@ -126,6 +128,7 @@ class Worker:
         self.state = Progress()
         self.direction = self.task.reports.get(spec.regularization.early_stopping.metric.partition("/")[2], "min")
         self.fail_at, self.first_step = FailAt(self.run_dir, self.rank), FirstStep()
+        self.bucket = mirror.for_run(self.run_dir) if self.rank == 0 else None  # [storage] a run kept in a bucket
 
     # ---- resume: Ray's checkpoint (a restarted worker group, a Tune trial), else the run folder's latest
     def resume(self) -> None:
@@ -138,6 +141,8 @@ class Worker:
             saved = checkpoints.read(folder) if folder else None
         if saved:
             checkpoints.restore(saved, self.task, self.optimizers, self.schedulers)
+            for name, scheduler in self.schedulers.items():  # an extended run: this job's plan, not the saved lr
+                replan(self.optimizers[name], scheduler)
             self.state = Progress(**saved["state"])
 
     def prepare(self) -> None:
@@ -221,6 +226,8 @@ class Worker:
             if ckpt is not None and self.local_mode:
                 score = es.metric if es.patience else None
                 checkpoints.persist_local(ckpt, self.run_dir, epoch, cfg_t.keep_checkpoints, score, self.direction)
+        if self.bucket:  # [storage] this epoch's files (and local mode's checkpoints) into the bucket
+            self.bucket.push()
 
     @torch.no_grad()
     def draw_artifacts(self, epoch: int) -> None:
@@ -229,12 +236,15 @@ class Worker:
         self.tracker.log_images(paths, step=epoch)
 
     # ---- final report: the best weights on every split, and train vs validation error (bias / variance)
-    def finish(self, status: str) -> dict[str, Any]:
+    def finish(self, outcome: dict[str, str]) -> dict[str, Any]:
+        """``outcome``: the summary's status fields (:func:`dl_ray.statuses.status_fields`)."""
         s = self.state
-        summary: dict[str, Any] = {"status": status, "epochs_run": s.epoch, "best_epoch": s.best_epoch,
+        summary: dict[str, Any] = {**outcome, "epochs_run": s.epoch, "best_epoch": s.best_epoch,
                                    "first_step_at": self.first_step.at, "best_metric": s.best, "task": self.data.task,
                                    "kind": self.spec.kind}
-        if status != "nonfinite_loss":
+        if outcome["status"] != statuses.FAILED:
+            if bucket := mirror.for_run(self.run_dir):  # [storage] the checkpoints Ray Train wrote into the bucket
+                bucket.pull()
             saved = checkpoints.saved(self.run_dir)
             if s.best_epoch and s.best_epoch in saved:
                 self.task.load_state_dict(checkpoints.read(saved[s.best_epoch])["model"])
@@ -246,10 +256,14 @@ class Worker:
                 self.history.update_last({k: v for k, v in final.items() if k.startswith("test/")})
                 self.draw_artifacts(s.epoch)
             self.ray.report(final | {"epoch": s.epoch})  # [Ray] for Tune; kept by us in summary.json
-        if self.rank == 0:
-            summary["checkpoint"] = str(checkpoints.latest(self.run_dir) or "")
+        if self.rank == 0:  # checkpoint: the weights the final figures are of; the latest one is where a rerun resumes
+            latest = checkpoints.latest(self.run_dir)
+            scored = checkpoints.saved(self.run_dir).get(s.best_epoch) if "final" in summary else None
+            summary["checkpoint"], summary["latest_checkpoint"] = str(scored or latest or ""), str(latest or "")
             write_summary(self.run_dir, summary)
             self.tracker.finish(summary.get("final"))
+            if self.bucket:  # [storage]
+                self.bucket.push()
         return summary
 
 
@@ -257,7 +271,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     w = Worker(config)
     w.resume()
     w.prepare()
-    status = "early_stopped" if w.state.stopped else "completed"
+    early = statuses.status_fields(statuses.STOPPED, statuses.EARLY_STOPPING)
+    outcome = early if w.state.stopped else statuses.status_fields(statuses.COMPLETED)
     for epoch in range(w.state.epoch, 0 if w.state.stopped else w.spec.training.epochs):
         w.fail_at.epoch_start(epoch + 1)
         started, lrs = time.perf_counter(), w.learning_rates()
@@ -267,16 +282,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
         metrics |= lrs | {"time/epoch_s": time.perf_counter() - started}
         if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss")):
-            status = "nonfinite_loss"
+            outcome = statuses.status_fields(statuses.FAILED, statuses.NONFINITE_LOSS)
             w.ray.report(metrics)  # [Ray] no checkpoint: the last good one stays the latest
             break
         w.state.epoch = epoch + 1
         new_best = w.early_stopping(metrics)
         w.checkpoint_and_report(metrics, new_best)
         if w.state.stopped:
-            status = "early_stopped"
+            outcome = early
             break
-    return w.finish(status)
+    return w.finish(outcome)
 
 
 @torch.no_grad()

@@ -11,11 +11,12 @@ from dl_ray.spec import OptimizerSpec, ScheduleSpec
 
 
 def make_optimizer(params: nn.Module | Iterable[nn.Parameter], opt: OptimizerSpec, l2: float,
-                   capturable: bool = False) -> torch.optim.Optimizer:
+                   capturable: bool = False, fused: bool = False) -> torch.optim.Optimizer:
     """An optimizer of a module's parameters (or of the given ones).
 
     L2 is applied as weight decay on weights only: its gradient is that of (l2/2)*||w||^2.
-    ``capturable``: the step may be captured in a CUDA graph (Adam and RMSProp keep their step count on the GPU)."""
+    ``capturable``: the step may be captured in a CUDA graph (Adam and RMSProp keep their step count on the GPU).
+    ``fused``: Adam's one-kernel step (the DQN learner on a CPU: ~10 % of a small network's update)."""
     params = list(params.parameters() if isinstance(params, nn.Module) else params)
     weights = [p for p in params if p.ndim > 1]
     others = [p for p in params if p.ndim <= 1]
@@ -24,7 +25,7 @@ def make_optimizer(params: nn.Module | Iterable[nn.Parameter], opt: OptimizerSpe
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
     if opt.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=opt.lr, alpha=opt.rho, momentum=opt.momentum, capturable=capturable)
-    return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, capturable=capturable)
+    return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, capturable=capturable, fused=fused or None)
 
 
 def lr_factor(sched: ScheduleSpec, epoch: int, epochs: int, base_lr: float) -> float:
@@ -45,6 +46,30 @@ def lr_factor(sched: ScheduleSpec, epoch: int, epochs: int, base_lr: float) -> f
 def make_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleSpec, epochs: int, base_lr: float):
     """A per-epoch ``LambdaLR``: call ``.step()`` once at the end of every epoch."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(sched, e, epochs, base_lr))
+
+
+def replan(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """After a resume, the learning rate of the next epoch as this job's schedule plans it.
+
+    A checkpoint carries the learning rate its run's plan gave the next epoch; a run extended with
+    ``--set training.epochs=N`` plans over the new total instead (a LambdaLR's factor is not saved:
+    the restored scheduler has this job's). Only cosine depends on the total: the added epochs take the
+    last part of a cosine over N epochs, which never reaches ``min_lr`` before the last epoch ends
+    (a finished 30-epoch run at lr 0 extended to 33 trains epochs 31-33 at 2.0 %, 0.9 %, 0.2 % of ``lr``).
+    Step, exponential and inverse-time decay go on as they would have."""
+    epoch = scheduler.last_epoch
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def extension_note(sched: ScheduleSpec, base_lr: float, done: int, planned: int, epochs: int) -> str | None:
+    """One line when a run that planned ``planned`` epochs (``done`` of them trained) resumes with ``epochs``."""
+    if planned == epochs or sched.name != "cosine" or done >= epochs:
+        return None
+    lr = [base_lr * lr_factor(sched, e, epochs, base_lr) for e in (done, epochs - 1)]
+    return (f"training.epochs {planned} -> {epochs}: cosine decay re-planned over {epochs} epochs; "
+            f"epoch {done + 1} trains at lr {lr[0]:.1e}, epoch {epochs} at {lr[1]:.1e}")
 
 
 def optimizer_specs(names: tuple[str, ...], single: OptimizerSpec, named: dict[str, OptimizerSpec] | None,

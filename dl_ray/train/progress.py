@@ -5,12 +5,16 @@ In local mode the queue is a plain ``queue.Queue``; with Ray workers it is a
 """
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 import time
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dl_ray.fmt import num, pct
 
 
 class ProgressSender:
@@ -35,22 +39,76 @@ class ProgressSender:
                 pass
 
 
-def epoch_line(m: dict[str, Any], epochs: int, per_split: int = 4) -> str:
-    """``epoch 3/30 │ train loss 0.1 acc 97.0% │ val loss ... │ lr 1.0e-03 │ 0.8s``: a task's first metrics per split."""
-    parts = [f"epoch {m['epoch']:>3}/{epochs}"]
-    for split in ("train", "val"):
-        names = sorted((k.split("/", 1)[1] for k in m if k.startswith(f"{split}/")), key=lambda n: (n != "loss", n != "accuracy", n))
-        if names:
-            parts.append(" ".join([split, *(_value(n, m[f"{split}/{n}"]) for n in names[:per_split])]))
-    lrs = " ".join(f"{k} {v:.1e}" for k, v in m.items() if k == "lr" or k.startswith("lr/"))
-    parts.append(f"{lrs} │ {m['time/epoch_s']:.1f}s")
-    return " │ ".join(parts)
+WIDTH = 80
+"""Epoch lines fit an 80-column terminal: metrics that do not fit are left out of the line (never cut)."""
+SHORT = {"accuracy": "acc", "exact_match": "exact"}
 
 
-def _value(name: str, value: float) -> str:
-    if name.endswith("accuracy"):
-        return f"{'acc' if name == 'accuracy' else name} {100 * value:.1f}%"
-    return f"{name} {value:.4f}"
+class EpochLines:
+    """One header, then one fixed-width line per epoch, right-aligned so no column moves when a value widens::
+
+                     train loss  train acc  val loss  val acc       lr     time
+        epoch   1/30     1.3548     52.3 %    0.4925   84.6 %  2.0e-03    4.6 s
+
+    The columns are chosen from the first epoch's metrics: loss first, then accuracy, then the rest, a train and a
+    validation metric at a time while the line fits ``width``; the learning rate(s) and the epoch time always show.
+    (All metrics of every epoch are in metrics.csv.)
+    """
+
+    def __init__(self, first: dict[str, Any], epochs: int, width: int = WIDTH):
+        self.epochs = epochs
+        lead = [(k, k if k == "lr" else k.split("/", 1)[1], 7) for k in first if k == "lr" or k.startswith("lr/")]
+        tail = lead + [("time/epoch_s", "time", 7)]
+        by_split = [[(k, f"{split} {_short(k)}", max(len(split) + 1 + len(_short(k)), 7)) for k in _ordered(first, split)]
+                    for split in ("train", "val")]
+        self.columns = [c for cols in by_split for c in cols[:1]]
+        budget = width - len(self._epoch(epochs)) - sum(w + 2 for _, _, w in self.columns + tail)
+        for pair in itertools.zip_longest(*(cols[1:] for cols in by_split)):  # train and val side by side
+            pair = [c for c in pair if c is not None]
+            cost = sum(w + 2 for _, _, w in pair)
+            if cost > budget:
+                break
+            self.columns += pair
+            budget -= cost
+        order = {k: i for i, k in enumerate(k for cols in by_split for k, _, _ in cols)}
+        self.columns = sorted(self.columns, key=lambda c: order[c[0]]) + tail
+
+    def header(self) -> str:
+        return " " * len(self._epoch(self.epochs)) + "".join(f"  {h:>{w}}" for _, h, w in self.columns)
+
+    def line(self, m: dict[str, Any]) -> str:
+        return self._epoch(m["epoch"]) + "".join(f"  {_cell(k, m.get(k)):>{w}}" for k, _, w in self.columns)
+
+    def _epoch(self, epoch: int) -> str:
+        return f"epoch {epoch:>3}/{self.epochs}"
+
+
+def _ordered(m: dict[str, Any], split: str) -> list[str]:
+    names = [k.split("/", 1)[1] for k in m if k.startswith(f"{split}/")]
+    return [f"{split}/{n}" for n in sorted(names, key=lambda n: (n != "loss", n != "accuracy", n))]
+
+
+def _short(key: str) -> str:
+    name = key.split("/", 1)[1]
+    return SHORT.get(name, name.replace("accuracy", "acc"))
+
+
+def _cell(key: str, value: Any) -> str:
+    """A value in at most 7 characters: percentages for accuracies, 4 decimals (fewer above 10), else scientific."""
+    if value is None or value == "":
+        return "-"
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if key == "time/epoch_s":
+        return f"{value:.1f} s"
+    if key == "lr" or key.startswith("lr/"):
+        return f"{value:.1e}"
+    if key.endswith("accuracy"):
+        return pct(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e3:
+        return f"{value:.{4 if abs(value) < 10 else 5 - len(str(int(abs(value))))}f}"  # 1.2345, 12.345, 123.45
+    return num(value)
 
 
 def follow(events: Any, done: threading.Event, console: Console) -> None:
@@ -58,7 +116,7 @@ def follow(events: Any, done: threading.Event, console: Console) -> None:
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
                    disable=not console.is_terminal)  # logs and pipes get the epoch lines only
-    task, current, epochs = None, None, 0
+    task, current, epochs, lines = None, None, 0, None
     with bar:
         while True:
             try:
@@ -76,4 +134,7 @@ def follow(events: Any, done: threading.Event, console: Console) -> None:
                     task, current = bar.add_task("", total=event["steps"], epoch=label), label
                 bar.update(task, completed=event["step"])
             else:
-                bar.console.print(epoch_line(event["metrics"], epochs), highlight=False)
+                if lines is None:
+                    lines = EpochLines(event["metrics"], epochs)
+                    bar.console.print(lines.header(), highlight=False)
+                bar.console.print(lines.line(event["metrics"]), highlight=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,17 +12,20 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from dl_ray.cluster import mirror, storage
 from dl_ray.data import build_data
+from dl_ray.fmt import shown_path
 from dl_ray.models import build_model
 from dl_ray.report import plot_curves, print_report
 from dl_ray.spec import JobSpec, RunError, SpecError, parse_spec, refuse_other_spec
-from dl_ray.tracking import read_summary
+from dl_ray.statuses import EARLY_STOPPING, INTERRUPTED, NONFINITE_LOSS, STOPPED, status_fields
+from dl_ray.tracking import read_summary, write_summary
 from dl_ray.train import checkpoints
 from dl_ray.train.optim import make_optimizers, optimizer_specs
 
 # Fields that may change when the same run is started again (it resumes); anything else is a new run.
-RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "scaling", "tracking", "storage.path",
-                     "storage.shared", "cluster")
+RESUMABLE_CHANGES = ("training.epochs", "training.max_failures", "training.keep_checkpoints", "scaling", "tracking",
+                     "storage.path", "storage.shared", "cluster")
 
 
 def check(spec: JobSpec):
@@ -79,19 +83,25 @@ def check_metric(field: str, metric: str, task, splits: tuple[str, ...] = ("val"
 
 def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any]:
     spec = _absolute_paths(spec)
+    bucket = mirror.for_run(spec.run_dir, fresh=True)  # [storage] sent to a bucket: its files so far, to check against and resume
     task = check(spec)
     direction = task.reports.get(spec.regularization.early_stopping.metric.partition("/")[2], "min")
     run_dir = spec.run_dir
     local = spec.scaling.num_workers == 0
     quiet_ray(verbose)
     if not local:
-        ensure_ray(verbose)
+        ensure_ray(verbose, spec.tracking.wandb)
+        storage.check_at_start(spec.storage, spec.scaling.num_workers)  # [storage] every worker's node sees the run folder
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     trainer, events = _trainer(spec, local, direction)
-    where = "this process (Ray Train local mode)" if local else f"{spec.scaling.num_workers} Ray workers"
-    console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {spec.data.name}, {spec.training.epochs} epochs, {where} → {run_dir}")
+    where = "in this process (Ray Train local mode)" if local else f"on {spec.scaling.num_workers} Ray workers"
+    header = f"{spec.name}: {spec.model.name} on {spec.data.name}, {spec.training.epochs} epochs {where}"
+    for line in textwrap.wrap(header, 80, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False):
+        console.print(line, highlight=False, markup=False)  # names never cut, 80 columns
+    console.print(folder_line(run_dir, start_plan(run_dir, spec.training.epochs)), highlight=False)
     if latest := checkpoints.latest(run_dir):
-        console.print(f"resuming from {latest.name}", highlight=False)
+        if note := _extension_note(spec, latest):
+            console.print(note, highlight=False)
 
     from dl_ray.train.progress import follow
 
@@ -103,23 +113,78 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     try:
         trainer.fit()
     except KeyboardInterrupt:
+        note_interrupted(run_dir)
         raise
     except Exception as e:
         raise RunError(explain_failure(e, run_dir)) from e
     finally:
         done.set()
         drawer.join(timeout=5)
+        if bucket:  # [storage] rank 0's files (maybe written on another node) here, ours (spec, error) there
+            bucket.pull()
+            bucket.push(checkpoints=False)
 
     summary = read_summary(run_dir) or {}
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-    if summary.get("status") == "nonfinite_loss":
+    if bucket:  # [storage]
+        bucket.push(checkpoints=False)
+    if summary.get("stop_reason") == NONFINITE_LOSS:
         raise RunError(f"training stopped at epoch {summary['epochs_run'] + 1}: the loss became NaN/inf "
                        f"(lower optimizer.lr or set training.grad_clip); last good checkpoint: {summary['checkpoint'] or 'none'}")
     print_report(summary, run_dir, console)
     return summary
 
 
-def ensure_ray(verbose: bool = False) -> None:
+def _extension_note(spec: JobSpec, latest: Path) -> str | None:
+    """How the schedule goes on when the run resumes with another ``training.epochs`` (see ``optim.replan``)."""
+    from dl_ray.train.optim import extension_note
+
+    saved = yaml.safe_load((latest / "spec.yaml").read_text())
+    done = int(checkpoints.PATTERN.match(latest.name).group(1))
+    lr = spec.optimizer.lr if spec.optimizers is None else next(iter(spec.optimizers.values())).lr
+    return extension_note(spec.schedule, lr, done, saved["training"]["epochs"], spec.training.epochs)
+
+
+def start_plan(run_dir: Path, epochs: int) -> str:
+    """What starting this run does, in words: a new run, resuming from a checkpoint, or (finished) only reporting."""
+    saved = checkpoints.saved(run_dir)
+    if not saved:
+        return "new run, from epoch 1"
+    done = max(saved)
+    summary = read_summary(run_dir) or {}
+    if summary.get("epochs_run") == done and summary.get("stop_reason") == EARLY_STOPPING:
+        return f"finished: early stopping at epoch {done} of {epochs}; reporting (nothing to train)"
+    if done >= epochs:
+        return f"finished: reporting epoch {done} of {done} (nothing to train)"
+    return f"resuming from {saved[done].name} (epoch {done} of {epochs} done)"
+
+
+def dry_run_plan(spec: JobSpec) -> str:
+    """What ``dl-ray train`` would do with this job now, as YAML comments: its run folder and whether it starts
+    fresh, resumes or only reports. A folder holding another run refuses here as it would there."""
+    refuse_other_spec(spec.run_dir, spec.to_dict(), RESUMABLE_CHANGES, parse_spec)
+    line = folder_line(spec.run_dir, start_plan(spec.run_dir, spec.training.epochs))
+    return "\n".join(f"# {part}" for part in line.splitlines())
+
+
+def note_interrupted(run_dir: Path) -> None:
+    """``summary.json`` of a run stopped by Ctrl-C says so (rerunning resumes from its latest checkpoint), unless
+    the run had already finished: then only its report was interrupted and the summary stands."""
+    saved, before = checkpoints.saved(run_dir), read_summary(run_dir) or {}
+    done = max(saved, default=0)
+    if before.get("final") and before.get("epochs_run") == done:
+        return
+    write_summary(run_dir, {**status_fields(STOPPED, INTERRUPTED), "epochs_run": done,
+                            "checkpoint": str(saved.get(done, ""))})
+
+
+def folder_line(run_dir: Path, plan: str, width: int = 80) -> str:
+    """``run folder runs/NAME: <plan>``, the plan on its own line when the path is long (a path is never cut)."""
+    line = f"run folder {shown_path(run_dir)}: {plan}"
+    return line if len(line) <= width else f"run folder {shown_path(run_dir)}:\n  {plan}"
+
+
+def ensure_ray(verbose: bool = False, wandb: str = "offline") -> None:
     """Join ``RAY_ADDRESS`` when it is set and not empty, else start a local Ray on this machine.
 
     "Local" is said explicitly: Ray's default (``address=None``) joins the cluster ``ray start`` last recorded
@@ -133,7 +198,9 @@ def ensure_ray(verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     address = driver_address()  # a bad RAY_ADDRESS: one SpecError line
-    forwarded = {k: v for k, v in os.environ.items() if k.startswith(("DL_RAY_", "WANDB_")) and k != "WANDB_SERVICE"}
+    from dl_ray.cluster.env import driver_env
+
+    forwarded = driver_env(os.environ, wandb, address)  # W&B secrets only where workers need them (online runs)
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING,
              runtime_env={"env_vars": forwarded} if forwarded else None)
@@ -170,7 +237,8 @@ def torch_trainer(spec: JobSpec, loop_config: dict[str, Any], direction: str, lo
             resources_per_worker=None if local else {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker},
         ),
         run_config=RunConfig(
-            name=spec.run_name, storage_path=str(spec.run_dir.parent), callbacks=list(callbacks),
+            name=spec.run_name, storage_path=os.environ.get(mirror.STORAGE_ENV) or str(spec.run_dir.parent),  # [storage]
+            callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.training.keep_checkpoints,

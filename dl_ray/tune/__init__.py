@@ -5,6 +5,7 @@
 * :mod:`dl_ray.tune.evaluators` — registry of "evaluate this checkpoint with these settings" functions;
 * :mod:`dl_ray.tune.sweep` — the driver: Tuner (or Tuner.restore), schedulers, search, concurrency;
 * :mod:`dl_ray.tune.results` — results.csv, best.yaml, plots, the final table.
+* :mod:`dl_ray.tune.pbt` — population based training: the budgeted scheduler, every exploit printed and kept.
 
 Importing this package does not import Ray (model files may register evaluators).
 """

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from dl_ray.fmt import num
 from dl_ray.tune.spec import Sweep
 
 _ACTIVE: "SweepDisplay | None" = None
@@ -37,20 +38,25 @@ def trial_outcome(status: str, last: dict[str, Any] | None, epochs: int, evaluat
 
 
 def short(key: str) -> str:
-    """A column title for a dotted path: its last part (``schedule.name``: the last two)."""
+    """A column title for a dotted path: its last part, or the section for a ``name`` (``schedule.name``: schedule)."""
     parts = key.split(".")
-    return ".".join(parts[-2:]) if parts[-1] == "name" else parts[-1]
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
-def fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
-    return str(value)
+fmt = num  # a swept value or metric: significant figures, scientific below 1e-2 (1.1e-04 and 3.2e-03 stay apart)
+
+
+def announce(text: str) -> None:
+    """A line above the live table, or in the log (PBT exploits): the sweep's own events, as they happen."""
+    if _ACTIVE is not None:
+        _ACTIVE.console.print(text, highlight=False)
 
 
 class SweepDisplay:
-    def __init__(self, sweep: Sweep, console: Console, refresh_s: float = 1.0):
+    def __init__(self, sweep: Sweep, console: Console, refresh_s: float = 1.0, save=None):
         self.sweep, self.console, self.refresh_s = sweep, console, refresh_s
+        self.save = save  # save(trials, stop_reason): results.csv and summary.json so far, at every finished trial
+        self.stop_reason: str | None = None  # why the sweep stops before its end (jobs stop), set on SIGTERM
         self.trials: list[Any] = []
         self.reported: set[str] = set()
         self._last = 0.0
@@ -80,6 +86,8 @@ class SweepDisplay:
         if trial.trial_id in self.reported:
             return
         self.reported.add(trial.trial_id)
+        if self.save is not None:
+            self.save(self.trials, self.stop_reason)
         if self.live is None:
             tune, last = self.sweep.tune, trial.last_result or {}
             how = trial_outcome("ERROR" if error else "TERMINATED", last,
@@ -91,18 +99,22 @@ class SweepDisplay:
             self.console.print(f"trial {trial.trial_id.rsplit('_', 1)[-1]} {how:<14} {epoch:<9} {shown:<24} {params}", highlight=False)
 
     def table(self) -> Table:
-        tune = self.sweep.tune
+        """The live table: as wide as the terminal, values whole (swept columns go from the right if need be)."""
+        from dl_ray.fmt import fit_table
+
+        tune, keys = self.sweep.tune, list(self.sweep.space)
         done = sum(t.status in ("TERMINATED", "ERROR") for t in self.trials)
-        table = Table(title=f"sweep {self.sweep.name}: {done}/{len(self.trials)} trials done "
-                            f"({tune.scheduler.name}, {tune.search} search, {tune.metric} {tune.direction})")
-        keys = list(self.sweep.space)
-        for col in ["trial", "status", *(short(k) for k in keys), "epoch", tune.metric]:
-            table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+        columns = ["trial", "status", *(short(k) for k in keys), "epoch", tune.metric]
+        rows = []
         for t in self.trials:
             last = t.last_result or {}
             status = trial_outcome(t.status, last, self.sweep.job.training.epochs, tune.trial == "evaluate")
-            table.add_row(t.trial_id.rsplit("_", 1)[-1], status, *(fmt(t.config.get(k, "")) for k in keys),
-                          str(last.get("epoch", "")), fmt(last[tune.metric]) if tune.metric in last else "")
+            rows.append([t.trial_id.rsplit("_", 1)[-1], status, *(fmt(t.config.get(k, "")) for k in keys),
+                         str(last.get("epoch", "")), fmt(last[tune.metric]) if tune.metric in last else ""])
+        table, _ = fit_table(columns, rows, self.console.width, right=columns[2:],
+                             drop_order=["epoch", *columns[2:-2][::-1]],
+                             title=f"sweep {self.sweep.name}: {done}/{len(self.trials)} trials done "
+                                   f"({tune.scheduler.name}, {tune.search} search, {tune.metric} {tune.direction})")
         return table
 
 

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dl_ray import kinds
-from dl_ray.spec import JobSpec, SpecError, describe, apply_override, parse_spec, read_mapping, set_path
+from dl_ray.spec import JobSpec, SpecError, StorageSpec, describe, apply_override, parse_spec, read_mapping, set_path
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SWEEPABLE = ("model", "data", "optimizer", "schedule", "regularization", "training")
@@ -152,7 +152,8 @@ class TuneSpec(BaseModel):
     trial: Literal["train", "evaluate"] = "train"
     """train: each trial trains the job; evaluate: each trial evaluates one checkpoint with the sampled settings."""
     checkpoint: str | None = None
-    """evaluate: the checkpoint folder, or a run folder (its best checkpoint); relative paths: from the working directory."""
+    """evaluate: a run under storage.path (e.g. dates_attention: its best checkpoint, else its latest), or a run or
+    checkpoint folder's path (relative: from the working directory)."""
     evaluator: str = "eval_metrics"
     """evaluate: a registered evaluator (see dl_ray.tune.evaluators) or 'package.module:function'."""
     split: Literal["val", "test"] = "val"
@@ -226,7 +227,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
         if not tune.checkpoint:
             raise SpecError("tune.checkpoint: evaluate trials need the checkpoint (or run folder) to evaluate")
-        checkpoint = resolve_checkpoint(Path(tune.checkpoint).absolute())
+        checkpoint = resolve_checkpoint(evaluated_run(tune.checkpoint, raw, path))
         base = yaml.safe_load((checkpoint / "spec.yaml").read_text())
     else:
         base = _load_base(path, raw.pop("base")) if "base" in raw else {}
@@ -238,6 +239,28 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     sweep = Sweep(name, job, job_raw, tune, space, checkpoint)
     check_space(sweep)
     return sweep
+
+
+def evaluated_run(given: str, raw: dict[str, Any], sweep_file: Path) -> Path:
+    """``tune.checkpoint``: a folder path, or a run under ``storage.path`` (``dates_attention``: runs/dates_attention)."""
+    path = Path(given)
+    if path.is_absolute():
+        return path
+    storage = Path((raw.get("storage") or {}).get("path") or StorageSpec().path)
+    for candidate in (storage / path, path):
+        if candidate.exists():
+            return candidate.absolute()
+    job = next((f for f in (sweep_file.parent / f"{path.name}.yaml", sweep_file.parent.parent / f"{path.name}.yaml")
+                if f.is_file() and read_mapping(f).get("kind") != "sweep"), None)  # the job that trains it
+    train = f": train {_shown(job)} first (dl-ray train {_shown(job)})" if job else ": train it first"
+    raise SpecError(f"tune.checkpoint: no trained run {given} in storage.path {_shown(storage)} "
+                    f"(nor in the working directory){train}")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when it is inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
 
 
 def check_space(sweep: Sweep) -> None:

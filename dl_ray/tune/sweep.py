@@ -13,9 +13,11 @@ benchmarks/README.md, "Notes from runs").
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,9 +109,7 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     trainable = _trainable(sweep, job, cpus)
     where = ("in the trial process" if in_process(job) or sweep.tune.trial == "evaluate"
              else f"{max(job.scaling.num_workers, 1)} Ray workers each")
-    console.print(f"[bold]sweep {sweep.name}[/]: {sweep.tune.num_samples} x {sweep.tune.search} over "
-                  f"{', '.join(sweep.space)}; {sweep.tune.scheduler.name}; trials {where}, "
-                  f"{concurrency} at a time → {folder}" + (" (resuming)" if restoring else ""))
+    console.print(headline(sweep, where, concurrency) + (" (resuming)" if restoring else ""), highlight=False)
     if restoring:
         tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -120,11 +120,46 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
                                name=sweep.name, storage_path=str(folder.parent), verbose=0, callbacks=[ProgressCallback()],
                                failure_config=tune.FailureConfig(max_failures=sweep.tune.max_failures),
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(sweep))))
-    with SweepDisplay(sweep, console) as display:
+    from dl_ray.tune.results import save_progress
+
+    with SweepDisplay(sweep, console, save=functools.partial(save_progress, sweep=sweep)) as display, stop_on_sigterm(display):
         grid = tuner.fit()
     from dl_ray.tune.trial import trial_folder_name
 
-    return grid, {trial_folder_name(sweep.name, t.trial_id): t for t in display.trials}
+    return grid, {trial_folder_name(sweep.name, t.trial_id): t for t in display.trials}, display.stop_reason
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(display):
+    """SIGTERM (``dl-ray jobs stop``; Ray sends SIGKILL 3 s later) stops the sweep as Ctrl-C does (Tune's graceful
+    stop, by its SIGUSR1 handler), after saying so in summary.json and results.csv at once, in case SIGKILL comes first."""
+    from dl_ray.statuses import JOBS_STOP
+
+    def stop(signum, frame):
+        display.stop_reason = JOBS_STOP
+        display.save(display.trials, JOBS_STOP)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def headline(sweep: Sweep, where: str, concurrency: int) -> str:
+    """``sweep NAME: 18 trials (grid of 6 x 3 over beam_width, length_alpha); fifo; ...``: what will run."""
+    from dl_ray.tune.progress import short
+
+    t, names = sweep.tune, ", ".join(short(k) for k in sweep.space)
+    sizes = [len(d.args) for d in sweep.space.values() if d.kind == "grid" or (t.search == "grid" and d.kind == "choice")]
+    grid = f"grid of {' x '.join(map(str, sizes))}" if sizes else ""
+    how = (f"{grid}, x {t.num_samples} samples" if grid and t.num_samples > 1 else grid) or f"{t.search} search"
+    if grid and t.search != "grid":
+        how += f", {t.search} search"
+    trials = "up to " if t.time_budget_s else ""
+    return (f"sweep {sweep.name}: {trials}{population(sweep)} trials ({how} over {names}); {t.scheduler.name}; "
+            f"trials {where}, {concurrency} at a time -> {sweep.folder}")
 
 
 def _checkpoints_kept(sweep: Sweep) -> int | None:
@@ -207,39 +242,17 @@ def _trial_name(sweep_name: str, trial) -> str:
 
 
 def _scheduler(sweep: Sweep, job: JobSpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = sweep.tune.scheduler
     if s.name == "asha":  # no rung at the last epoch (stopping there saves nothing): survivors finish and test
         return ASHAScheduler(time_attr="epoch", max_t=max(job.training.epochs - 1, s.grace_period), grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, stop_last_trials=False)
     if s.name == "pbt":
-        from ray.tune.schedulers import TrialScheduler
+        from dl_ray.tune.pbt import scheduler
 
-        class BudgetedPBT(PopulationBasedTraining):
-            """Ray's PBT without an exploit at a trial's last epoch: it would turn the finished trial into a copy
-            of its donor that never trains with its explored values (Ray's PBT does not know the epoch budget)."""
-
-            def on_trial_result(self, tune_controller, trial, result):
-                if result.get("epoch", 0) >= trial.config.get("training.epochs", job.training.epochs):
-                    return TrialScheduler.CONTINUE
-                return super().on_trial_result(tune_controller, trial, result)
-
-        mutations = {k: list(d.args) if d.kind in ("choice", "grid") else d.to_ray() for k, d in sweep.space.items()}
-        return BudgetedPBT(time_attr="epoch", perturbation_interval=s.perturbation_interval,
-                           hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                           resample_probability=s.resample_probability,
-                           custom_explore_fn=functools.partial(_clip_to_space, sweep.space))
+        return scheduler(sweep, job.training.epochs)
     return FIFOScheduler()
-
-
-def _clip_to_space(space: dict, config: dict) -> dict:
-    """PBT's explore multiplies by 0.8/1.2: keep the result inside the swept range (dropout < 1)."""
-    for key, dist in space.items():
-        if dist.kind in ("uniform", "loguniform", "randint") and key in config:
-            low, high = dist.args
-            config[key] = type(config[key])(min(max(config[key], low), high))
-    return config
 
 
 def _resolved(sweep: Sweep) -> dict[str, Any]:
@@ -269,11 +282,12 @@ def command(path: str, overrides: list[str], console: Console, resume: bool = Fa
         check(sweep)
         console.print(yaml.safe_dump(_resolved(sweep), sort_keys=False), highlight=False)
         return 0
-    grid, trials = run_sweep(sweep, console, resume=resume, verbose=verbose)
-    rows, best = write_outputs(grid, trials, sweep, console)
-    if any(r["status"] in ("pending", "running", "paused") for r in rows) or len(rows) < _expected_trials(sweep):
-        print(f"interrupted: run the same command again (or add --resume) to continue the sweep in {sweep.folder}",
-              file=sys.stderr)
+    grid, trials, stop_reason = run_sweep(sweep, console, resume=resume, verbose=verbose)
+    rows, best, stopped = write_outputs(grid, trials, sweep, console, _expected_trials(sweep), stop_reason)
+    if stopped:
+        done = sum(r["status"] not in ("pending", "interrupted") for r in rows)
+        print(f"{'stopped' if stop_reason else 'interrupted'} ({stopped}) with {done} of {population(sweep)} trials finished: "
+              f"run the same command again (or add --resume) to continue the sweep in {sweep.folder}", file=sys.stderr)
         return 130
     if best is None:
         print(f"error: no trial of sweep {sweep.name} reported a finite {sweep.tune.metric} (see {sweep.folder / 'results.csv'})",

@@ -138,7 +138,19 @@ def evaluate_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     use_gpu = spec.scaling.use_gpu and torch.cuda.is_available()
     request = EvalRequest(Path(plan["checkpoint"]), spec, settings, plan["split"], torch.device("cuda" if use_gpu else "cpu"))
     metrics = {k: float(v) for k, v in entry.build(request).items()}
+    _write_run_files(run_dir, spec, plan, settings.model_dump(), metrics)
     tracker = WandbRun(spec, run_dir)
     tracker.log(metrics, step=1)
     tracker.finish(metrics)
     ray.tune.report(metrics)
+
+
+def _write_run_files(run_dir: Path, spec: JobSpec, plan: dict[str, Any], settings: dict[str, Any],
+                     metrics: dict[str, float]) -> None:
+    """An evaluate trial's folder reads like a run's: the job it scored (spec.yaml) and summary.json."""
+    from dl_ray.statuses import COMPLETED, status_fields
+    from dl_ray.tracking import write_summary
+
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_summary(run_dir, {**status_fields(COMPLETED), "kind": "evaluate", "checkpoint": plan["checkpoint"],
+                            "evaluator": plan["evaluator"], "split": plan["split"], "settings": settings, "final": metrics})
