@@ -20,6 +20,27 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser, sub = _parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())  # logs and pipes: one line per message
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from dl_ray.spec import RunError, SpecError
+
+    try:
+        return _dispatch(args, sub, console)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except SpecError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """Every ``dl-ray`` command and its arguments."""
     parser = OneLineParser(prog="dl-ray", description="Train every model of the course on Ray, locally or on a cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -54,46 +75,38 @@ def main(argv: list[str] | None = None) -> int:
     from dl_ray import run_index
 
     run_index.add_command(sub)
+    return parser, sub
 
-    args = parser.parse_args(argv)
-    console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())  # logs and pipes: one line per message
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from dl_ray.spec import RunError, SpecError
 
-    try:
-        if args.command == "list":
-            return _list(console, args.name)
-        if args.command == "describe":
-            from dl_ray.describe import describe_job
+def _dispatch(args: argparse.Namespace, sub, console: Console) -> int:
+    """Run the command ``args`` names (heavy modules are imported only by the command that needs them)."""
+    from dl_ray import run_index
+    from dl_ray.cluster import commands as cluster_commands
 
-            print(describe_job(args.job, args.overrides))
-            return 0
-        if args.command == "runs":
-            return run_index.command(args, console)
-        if args.command in cluster_commands.COMMANDS:
-            return cluster_commands.run(args, main, sub.choices, console)
-        if args.command == "dqn":
-            return _dqn(args, console)
-        if args.command == "analyze":
-            from dl_ray.analysis import command
+    if args.command == "list":
+        return _list(console, args.name)
+    if args.command == "describe":
+        from dl_ray.describe import describe_job
 
-            return command(args.job, args.overrides, console)
-        if args.command == "eval":
-            return _eval(args, console)
-        if args.command == "tune":
-            from dl_ray.tune.sweep import command
+        print(describe_job(args.job, args.overrides))
+        return 0
+    if args.command == "runs":
+        return run_index.command(args, console)
+    if args.command in cluster_commands.COMMANDS:
+        return cluster_commands.run(args, main, sub.choices, console)
+    if args.command == "dqn":
+        return _dqn(args, console)
+    if args.command == "analyze":
+        from dl_ray.analysis import command
 
-            return command(args.sweep, args.overrides, console, resume=args.resume, dry_run=args.dry_run, verbose=args.verbose)
-        return _train(args, console)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except SpecError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        return command(args.job, args.overrides, console)
+    if args.command == "eval":
+        return _eval(args, console)
+    if args.command == "tune":
+        from dl_ray.tune.sweep import command
+
+        return command(args.sweep, args.overrides, console, resume=args.resume, dry_run=args.dry_run, verbose=args.verbose)
+    return _train(args, console)
 
 
 def _eval_command(sub) -> None:

@@ -222,3 +222,34 @@ def test_an_address_that_is_not_a_ray_dashboard_is_one_line(code, body):
         server.shutdown()
     assert str(error.value).startswith(f"{address} answered HTTP {code} but is not a Ray dashboard")
     assert "\n" not in str(error.value)
+
+
+LEGACY_STATUS = """======== Autoscaler status: 2026-12-05 21:28:50.123456 ========
+Node status
+---------------------------------------------------------------
+Active:
+ {active}
+Pending:
+ (no pending nodes)
+Recent failures:
+ (no failures)
+
+Resources
+---------------------------------------------------------------
+Usage:
+ 0.0/2.0 CPU
+ 0B/1.00GiB memory
+"""
+
+
+def test_a_cluster_started_by_hand_is_not_taken_for_an_autoscaling_one():
+    # `ray start` runs Ray's monitor read-only: it reports each node under a type named after its id
+    node = "node_" + "2c9e6f3b0e4d4a0f" * 3 + "9c1d2e3f4a5b6c7d"
+    fixed = {"autoscalingStatus": LEGACY_STATUS.format(active=f"1 {node}\n 1 node_{'ab' * 28}"),
+             "clusterStatus": {"autoscalerReport": {"activeNodes": {"node01A2F3Cd5A34F0934068Bb0021446A60Bfd176Fc9": 1}}}}
+    assert not storage.node_types_managed(fixed)
+    launched = {"autoscalingStatus": LEGACY_STATUS.format(active="1 ray.head.default"),
+                "clusterStatus": {"autoscalerReport": {"activeNodes": {"ray.head.default": 1},
+                                                       "pendingLaunches": {"ray.worker.gpu": 1}}}}
+    assert storage.node_types_managed(launched)
+    assert not storage.node_types_managed({})  # no monitor has reported (yet): nothing says it grows

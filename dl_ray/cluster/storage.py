@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -74,8 +75,8 @@ def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: 
 
 
 def autoscaling(address: str) -> bool:
-    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay's in-tree autoscaler): it reports
-    its status to the dashboard's ``/api/cluster_status``, which is empty on a cluster of fixed nodes."""
+    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay's in-tree autoscaler), from the
+    dashboard's ``/api/cluster_status`` (see :func:`node_types_managed`)."""
     from dl_ray.cluster.auth import auth_headers
 
     try:
@@ -83,7 +84,21 @@ def autoscaling(address: str) -> bool:
         data = reply.json().get("data") or {} if reply.ok else {}
     except (requests.RequestException, ValueError):
         return False
-    return bool(data.get("autoscalingStatus") or data.get("clusterStatus") or data.get("autoscalingError"))
+    return node_types_managed(data)
+
+
+# A node of a cluster started by hand (`ray start`): Ray's monitor runs there too, read-only, and names each node's
+# type after its id (node_<hex>; the dashboard's camelCase turns it into node01A2F3Cd... inside clusterStatus).
+READONLY_TYPE = re.compile(r"node_?[0-9a-f]{16,}", re.IGNORECASE)
+
+
+def node_types_managed(data: dict[str, Any]) -> bool:
+    """Whether the status the monitor reported names node types of a cluster config (ray.head.default,
+    ray.worker.gpu, a KubeRay group), which an autoscaler launches more of, rather than read-only types."""
+    report = (data.get("clusterStatus") or {}).get("autoscalerReport") or {}
+    types = set(report.get("activeNodes") or {}) | set(report.get("pendingLaunches") or {})
+    types |= set(re.findall(r"^\s+\d+\s+(\S+)\s*$", data.get("autoscalingStatus") or "", re.M))  # " 1 ray.head.default"
+    return any(not READONLY_TYPE.fullmatch(t) for t in types)
 
 
 # ---------------------------------------------------------------- buckets
@@ -153,10 +168,11 @@ BUCKET_ERRORS = {  # words of the cloud SDKs' errors (as pyarrow passes them on)
 PROBE_FOLDER = ".dl_ray_probe"
 
 
-def check_at_start(storage: StorageSpec, workers: int) -> None:
+def check_at_start(storage: StorageSpec, spreads: str | None) -> None:
     """On the cluster, before training starts (the driver joined Ray): a ``storage.shared`` path must be one
-    folder on every node; node-local storage is refused for workers on several nodes (a job started with
-    ``dl-ray train`` on a cluster, or one whose cluster grew since ``dl-ray submit`` checked it)."""
+    folder on every node; node-local storage is refused when the run writes from several nodes (``spreads``
+    says why it does: Ray Train workers, Tune trials) on a cluster of several (a job started on a cluster
+    without ``dl-ray submit``, or one whose cluster grew since ``dl-ray submit`` checked it)."""
     import ray
 
     if storage.is_uri:
@@ -165,11 +181,11 @@ def check_at_start(storage: StorageSpec, workers: int) -> None:
         probe_shared(storage.path)
         return
     alive = sum(1 for n in ray.nodes() if n["Alive"])
-    if workers and alive > 1:
+    if spreads and alive > 1:
         raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but this cluster has {alive} "
-                        f"nodes and scaling.num_workers={workers} places Ray Train workers on any node: the run folder "
-                        "would be scattered over them. Use --set storage.path=/mnt/shared/runs --set storage.shared=true "
-                        "(a filesystem every node mounts) or an s3:// / gs:// bucket")
+                        f"nodes and {spreads}: the run folder would be scattered over them. Use --set "
+                        "storage.path=/mnt/shared/runs --set storage.shared=true (a filesystem every node mounts) or, "
+                        "for training, an s3:// / gs:// bucket")
 
 
 def probe_shared(path: str, timeout_s: float = 120) -> None:

@@ -32,6 +32,9 @@ from dl_ray.spec import SpecError, StorageSpec, apply_override, read_mapping
 JOB_ENV = {
     "PYTHONUNBUFFERED": "1", "COLUMNS": "120",  # live, unwrapped logs for `dl-ray jobs logs --follow`
     "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",  # the job's ray.init(runtime_env=...) passes the same WANDB_* on: merge, not fail
+    # `dl-ray jobs stop`: Ray's job supervisor (which runs in this env) SIGKILLs 3 s after SIGTERM by default, too
+    # soon for a stopped sweep to write its results, summary and plots
+    "RAY_JOB_STOP_WAIT_TIME_S": "30",
 }
 
 

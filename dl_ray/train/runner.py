@@ -91,7 +91,7 @@ def run(spec: JobSpec, console: Console, verbose: bool = False) -> dict[str, Any
     quiet_ray(verbose)
     if not local:
         ensure_ray(verbose, spec.tracking.wandb)
-        storage.check_at_start(spec.storage, spec.scaling.num_workers)  # [storage] every worker's node sees the run folder
+        storage.check_at_start(spec.storage, storage.spreads("train", spec.to_dict()))  # [storage] every worker's node sees it
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     trainer, events = _trainer(spec, local, direction)
     where = "in this process (Ray Train local mode)" if local else f"on {spec.scaling.num_workers} Ray workers"

@@ -83,6 +83,7 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     """Start (or resume) the sweep; returns ``(ResultGrid, trials)``: Tune's trial objects by folder name."""
     from ray import tune
 
+    from dl_ray.cluster import storage
     from dl_ray.ray_address import driver_address
     from dl_ray.train.runner import quiet_ray, ensure_ray
     from dl_ray.tune.progress import ProgressCallback, SweepDisplay
@@ -97,7 +98,8 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     restoring = tune.Tuner.can_restore(str(folder))
     _same_sweep(sweep, folder, restoring)
     quiet_ray(verbose)
-    ensure_ray(verbose)
+    ensure_ray(verbose, job.tracking.wandb)
+    storage.check_at_start(job.storage, storage.spreads("tune", {}))  # every trial's node sees the sweep's folder
     import ray
 
     if sweep.tune.scheduler.name == "pbt":
