@@ -25,8 +25,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from dl_ray.fmt import num
 from dl_ray.plots import pyplot
-from dl_ray.tune.progress import fmt, short
+from dl_ray.tune.progress import short
 from dl_ray.tune.spec import SETTINGS, Sweep
 
 REPEAT = "training.seed"
@@ -175,7 +176,7 @@ def print_table(table: list[dict[str, Any]], sweep: Sweep, name: str, console: C
     for row in table:
         cells = [row[c] for c in columns]
         shown.add_row(*("" if v is None else f"{100 * v:.2f}" if pct and "error" in c else
-                        f"{v:,}" if c in ("params", "macs") else fmt(v) for c, v in zip(columns, cells)))
+                        f"{v:,}" if c in ("params", "macs") else num(v) for c, v in zip(columns, cells)))
     console.print(shown)
 
 

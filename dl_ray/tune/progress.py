@@ -43,9 +43,6 @@ def short(key: str) -> str:
     return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
-fmt = num  # a swept value or metric: significant figures, scientific below 1e-2 (1.1e-04 and 3.2e-03 stay apart)
-
-
 def announce(text: str) -> None:
     """A line above the live table, or in the log (PBT exploits): the sweep's own events, as they happen."""
     if _ACTIVE is not None:
@@ -92,9 +89,9 @@ class SweepDisplay:
             tune, last = self.sweep.tune, trial.last_result or {}
             how = trial_outcome("ERROR" if error else "TERMINATED", last,
                                 self.sweep.job.training.epochs, tune.trial == "evaluate")
-            params = " ".join(f"{short(k)}={fmt(v)}" for k, v in trial.config.items())
+            params = " ".join(f"{short(k)}={num(v)}" for k, v in trial.config.items())
             value = last.get(tune.metric)
-            shown = f"{tune.metric}={fmt(value)}" if value is not None else ""
+            shown = f"{tune.metric}={num(value)}" if value is not None else ""
             epoch = f"epoch {last['epoch']}" if "epoch" in last else ""
             self.console.print(f"trial {trial.trial_id.rsplit('_', 1)[-1]} {how:<14} {epoch:<9} {shown:<24} {params}", highlight=False)
 
@@ -109,8 +106,8 @@ class SweepDisplay:
         for t in self.trials:
             last = t.last_result or {}
             status = trial_outcome(t.status, last, self.sweep.job.training.epochs, tune.trial == "evaluate")
-            rows.append([t.trial_id.rsplit("_", 1)[-1], status, *(fmt(t.config.get(k, "")) for k in keys),
-                         str(last.get("epoch", "")), fmt(last[tune.metric]) if tune.metric in last else ""])
+            rows.append([t.trial_id.rsplit("_", 1)[-1], status, *(num(t.config.get(k, "")) for k in keys),
+                         str(last.get("epoch", "")), num(last[tune.metric]) if tune.metric in last else ""])
         table, _ = fit_table(columns, rows, self.console.width, right=columns[2:],
                              drop_order=["epoch", *columns[2:-2][::-1]],
                              title=f"sweep {self.sweep.name}: {done}/{len(self.trials)} trials done "

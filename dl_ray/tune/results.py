@@ -18,9 +18,9 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
-from dl_ray.fmt import fit_table
+from dl_ray.fmt import fit_table, num
 from dl_ray.spec import parse_spec
-from dl_ray.tune.progress import fmt, short, trial_outcome
+from dl_ray.tune.progress import short, trial_outcome
 from dl_ray.tune.spec import SETTINGS, Sweep, set_path
 
 FINISHED = ("completed", "early_stopped", "stopped")
@@ -130,7 +130,7 @@ def write_best(best: dict[str, Any], sweep: Sweep, path: Path) -> dict[str, Any]
     raw["description"] = winner_description(best, sweep)
     raw.get("storage", {}).pop("name", None)
     parse_spec(raw)  # what we write must be a valid job
-    header = f"# Best trial {best['trial']} of sweep {sweep.name}: {sweep.tune.metric} = {fmt(best[sweep.tune.metric])}\n"
+    header = f"# Best trial {best['trial']} of sweep {sweep.name}: {sweep.tune.metric} = {num(best[sweep.tune.metric])}\n"
     if sweep.tune.trial == "evaluate":
         header += _evaluate_header(best, sweep, path)
     else:
@@ -142,10 +142,10 @@ def write_best(best: dict[str, Any], sweep: Sweep, path: Path) -> dict[str, Any]
 def winner_description(best: dict[str, Any], sweep: Sweep) -> str:
     """The base job's description named a schedule or rate the winner may not use: say what the winner is."""
     job = sweep.job
-    values = ", ".join(f"{short(k)} {fmt(best[k])}" for k in sweep.space)
-    what = f"{job.model.name} on {job.data.name}, best of sweep {sweep.name} ({sweep.tune.metric} {fmt(best[sweep.tune.metric])}): {values}"
+    values = ", ".join(f"{short(k)} {num(best[k])}" for k in sweep.space)
+    what = f"{job.model.name} on {job.data.name}, best of sweep {sweep.name} ({sweep.tune.metric} {num(best[sweep.tune.metric])}): {values}"
     if sweep.tune.scheduler.name == "pbt" and any(best.get(f"start/{k}") != best[k] for k in sweep.space):
-        starts = ", ".join(f"{short(k)} {fmt(best[f'start/{k}'])}" for k in sweep.space)
+        starts = ", ".join(f"{short(k)} {num(best[f'start/{k}'])}" for k in sweep.space)
         what += f" (PBT: its values at the end; it started with {starts} and took other trials' weights on the way)"
     if sweep.tune.trial == "evaluate":
         what += f" (evaluated on the trained checkpoint {sweep.checkpoint})"
@@ -158,7 +158,7 @@ def _evaluate_header(best: dict[str, Any], sweep: Sweep, path: Path) -> str:
     fields = [k for k in sweep.space if not k.startswith(SETTINGS)]
     lines = [f"# Scored on the weights of {sweep.checkpoint}: nothing was trained."]
     if settings:
-        shown = ", ".join(f"{k}={fmt(v)}" for k, v in settings.items())
+        shown = ", ".join(f"{k}={num(v)}" for k, v in settings.items())
         lines.append(f"# Best settings of the evaluator {sweep.tune.evaluator}: {shown}")
         flags = {"beam_width": "--beam", "length_alpha": "--alpha"}
         if sweep.tune.evaluator.endswith(":decode") and set(settings) <= set(flags):
@@ -259,7 +259,7 @@ def print_results(rows: list[dict[str, Any]], sweep: Sweep, best: dict[str, Any]
         tested = [test] if test != metric and any(test in r for r in rows) else []
         keys, drop_first = ["trial", "status", "epochs", *sweep.space, metric, *tested, "train_s"], ["train_s", *tested, "epochs"]
     headers = column_titles(keys, sweep)
-    cells = [[r["trial"].rsplit("_", 1)[-1], *(fmt(r.get(k)) if r.get(k) not in (None, "") else "" for k in keys[1:])]
+    cells = [[r["trial"].rsplit("_", 1)[-1], *(num(r.get(k)) if r.get(k) not in (None, "") else "" for k in keys[1:])]
              for r in ranked[:top]]
     drop = [headers[k] for k in (*drop_first, *reversed(sweep.space))]
     numeric = [headers[k] for i, k in enumerate(keys) if i >= 2 and all(_is_number(c[i]) for c in cells)]
@@ -322,7 +322,7 @@ def write_outputs(grid, trials: dict[str, Any], sweep: Sweep, console: Console, 
         console.print(tie, highlight=False)
     if best is not None:
         write_best(best, sweep, folder / "best.yaml")
-        console.print(f"best{' so far' if reason else ''}: {best['trial']} {sweep.tune.metric}={fmt(best[sweep.tune.metric])} "
+        console.print(f"best{' so far' if reason else ''}: {best['trial']} {sweep.tune.metric}={num(best[sweep.tune.metric])} "
                       f"-> {folder / 'best.yaml'}", highlight=False)
     if sweep.tune.compare:
         from dl_ray.experiments import write_comparison
@@ -341,9 +341,9 @@ def _all_tie(rows: list[dict[str, Any]], sweep: Sweep) -> str | None:
     if len(rows) < 2 or len(values) != 1:
         return None
     split = metric.split("/", 1)[0]
-    faults = ", ".join(f"{k.split('/', 1)[1]} {fmt(rows[0][k])}" for k in (f"{split}/beam_faults", f"{split}/model_faults")
+    faults = ", ".join(f"{k.split('/', 1)[1]} {num(rows[0][k])}" for k in (f"{split}/beam_faults", f"{split}/model_faults")
                        if k in rows[0])
-    return (f"all {len(rows)} trials tie at {metric} = {fmt(values.pop())}: the swept values make no difference here"
+    return (f"all {len(rows)} trials tie at {metric} = {num(values.pop())}: the swept values make no difference here"
             + (f" ({faults})" if faults else "") + "; best.yaml takes the first trial")
 
 
