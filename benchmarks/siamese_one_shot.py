@@ -82,17 +82,13 @@ def plain_pytorch(epochs: int) -> float:
     model = build_model(spec.model, data.io)
     opt = make_optimizer(model, spec.optimizer, spec.regularization.l2)
     x, y = data.train.tensors
-    views = SimpleNamespace(nets=model.networks(), autocast=nullcontext())  # what view_loss reads
+    views = SimpleNamespace(nets=model.networks(), autocast=nullcontext())  # what batch_loss reads
     rates = []
     for epoch in range(epochs):
         start = time.perf_counter()
         model.train()
         for rows in class_batches(y, spec.training.batch_size, spec.data.per_class, epoch):
-            emb = model(x[rows])
-            total, count = model.objective(emb, y[rows], model.networks())
-            loss = total / count.clamp(min=1)
-            if spec.model.view_weight:
-                loss = loss + spec.model.view_weight * model.view_loss(x[rows], emb, views)
+            loss = model.batch_loss(x[rows], y[rows], views)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -88,6 +88,10 @@ def fit(job: "str | Path | dict[str, Any] | JobSpec", overrides: Iterable[str] =
     ``final`` train/val/test metrics, best epoch, ...). Raises SpecError for bad input (nothing is started)
     and RunError when the run fails (e.g. the loss became NaN)."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if is_style_transfer(job):  # kind style_transfer: pixels optimised, no dataset (dl_ray/style)
+        from dl_ray.style.run import fit as style_fit
+
+        return style_fit(job, list(overrides), _console(console, quiet))
     spec = job_spec(job, overrides)
     if spec.scaling.num_workers > 0:  # Ray Train workers join RAY_ADDRESS: a bad one is refused before the run folder is made
         from dl_ray.ray_address import driver_address
@@ -96,6 +100,15 @@ def fit(job: "str | Path | dict[str, Any] | JobSpec", overrides: Iterable[str] =
     from dl_ray.train.runner import run
 
     return run(spec, _console(console, quiet), verbose=verbose)
+
+
+def is_style_transfer(job: Any) -> bool:
+    """A style-transfer job (a file or dict of kind style_transfer), which dl_ray.style runs."""
+    from dl_ray.spec import read_mapping
+
+    if isinstance(job, (str, Path)) and Path(job).is_file():
+        job = read_mapping(job)
+    return isinstance(job, dict) and job.get("kind") == "style_transfer"
 
 
 # ---------------------------------------------------------------- reading runs back
@@ -251,6 +264,9 @@ def evaluate_runs(runs: Iterable[str | Path], *, weights: str | None = None, bea
                "video": video or None, "seed": seed}
     given = [k for k, v in options.items() if v is not None]
     located = [run_folder(r, require_run=False) for r in runs]
+    if style := next((d for d, kind in located if kind == "style_transfer"), None):  # dl_ray/style: pictures, no model
+        raise SpecError(f"eval: {style.name} is a style-transfer run: nothing to evaluate; its result is in its folder "
+                        "(result.png, content_style_result.png, curves.png, summary.json)")
     for run_dir, kind in located:
         if not (run_dir / "spec.yaml").is_file():  # a job file not run yet: what its kind alone rules out
             _check_options(_sort_of_kind(kind), run_dir, kind, given, provisional=True)

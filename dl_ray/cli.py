@@ -155,6 +155,11 @@ def _job_command(sub, name: str, positional: str, help: str, what: str, example:
 def _train(args: argparse.Namespace, console: Console) -> int:
     from dl_ray import api
 
+    if api.is_style_transfer(args.job):  # pixels optimised, no dataset (dl_ray/style)
+        from dl_ray.style.run import fit
+
+        fit(args.job, args.overrides, console, dry_run=args.dry_run)
+        return 0
     spec = api.job_spec(args.job, args.overrides)
     if args.dry_run:
         from dl_ray.train.runner import dry_run_plan
@@ -172,8 +177,12 @@ def _dqn(args: argparse.Namespace, console: Console) -> int:
 
     spec = load_rl_spec(args.job, args.overrides)
     if args.dry_run:
+        from dl_ray.rl.plan import dry_run_plan
+
         check(spec)
-        return _print_spec(spec, console)
+        _print_spec(spec, console)
+        print(dry_run_plan(spec, console.width))  # YAML comments: the printed spec stays a job file
+        return 0
     run(spec, console, verbose=args.verbose)
     return 0
 

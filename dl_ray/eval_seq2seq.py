@@ -22,13 +22,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.table import Table
 
 from dl_ray.bleu import char_bleu
 from dl_ray.data import DataBundle, build_data
 from dl_ray.data.dates import decode
 from dl_ray.decoding import Decoded, beam_search, char_matches, greedy, in_batches, normalized, sequence_log_probs
-from dl_ray.fmt import file_lines, fit_table
+from dl_ray.fmt import file_lines, fit_table, fixed, num, pct
 from dl_ray.spec import JobSpec, SpecError
 from dl_ray.train import checkpoints
 from dl_ray.tune.evaluators import EvalRequest, register_evaluator  # Ray-free
@@ -141,27 +140,19 @@ def evaluate(run: Run, beam: int = 3, alpha: float = 0.7) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any], console: Console, max_rows: int = 15) -> None:
     console.print(f"[bold]{Path(report['run']).name}[/]: {report['examples']} test dates, checkpoint {Path(report['checkpoint']).name}")
-    table = Table(title="test split")
-    for col in ("decoder", "exact match", "char accuracy", "BLEU", "sentences/s"):
-        table.add_column(col, justify="left" if col == "decoder" else "right")
-    for name, s in report["decoders"].items():
-        table.add_row(name, f"{100 * s['exact_match']:.2f}%", f"{100 * s['char_accuracy']:.2f}%", f"{s['bleu']:.2f}",
-                      f"{s['sentences_per_s']:.0f}")
-    console.print(table)
-    lengths = Table(title="exact match by input length (characters)")
-    lengths.add_column("input length")
-    lengths.add_column("dates", justify="right")
-    for name in report["by_length"]:
-        lengths.add_column(name, justify="right")
-    columns = list(report["by_length"].values())
-    for i, (label, n, _) in enumerate(columns[0]):
-        lengths.add_row(label, str(n), *(f"{100 * c[i][2]:.2f}%" for c in columns))
-    console.print(lengths)
+    width = console.width  # a pipe's is 80 unless COLUMNS says otherwise
+    columns = ["decoder", "exact match", "char accuracy", "BLEU", "sentences/s"]
+    rows = [[name, pct(s["exact_match"], 2), pct(s["char_accuracy"], 2), fixed(s["bleu"], 2), num(s["sentences_per_s"])]
+            for name, s in report["decoders"].items()]
+    _print_fitted(console, columns, rows, width, "test split")
+    columns = ["input length", "dates", *report["by_length"]]
+    by_decoder = list(report["by_length"].values())
+    rows = [[label, str(n), *(pct(c[i][2], 2) for c in by_decoder)] for i, (label, n, _) in enumerate(by_decoder[0])]
+    _print_fitted(console, columns, rows, width, "exact match by input length (characters)")
     ea = report["error_analysis"]
     columns = ["input", "expected y*", "output y_hat", "log P(y*|x)", "log P(y_hat|x)", "fault"]
     rows = [[repr(row["input"]), row["expected"], row["output"], f"{row['log_p_expected']:.3f}",
              f"{row['log_p_output']:.3f}", row["fault"]] for row in ea["rows"][:max_rows]]
-    width = console.width  # a pipe's is 80 unless COLUMNS says otherwise
     errors, dropped = fit_table(columns, rows, width,
                                 title=f"error analysis ({ea['decoder']}): beam's fault or model's?",
                                 drop_order=columns[4:2:-1], right=columns[3:5])
@@ -241,16 +232,21 @@ def evaluate_runs(targets: list[str | Path], beam: int, alpha: float, console: C
 
 def compare_lengths(reports: list[dict[str, Any]], console: Console) -> None:
     """Exact match by input length, one column per run (the course: attention wins on long inputs)."""
-    table = Table(title="exact match by input length, run against run (widest decoder)")
-    table.add_column("input length")
-    columns = [list(r["by_length"].values())[-1] for r in reports]
-    for r in reports:
-        table.add_column(Path(r["run"]).name, justify="right")
-    labels = sorted({row[0] for c in columns for row in c}, key=lambda s: int(s.strip(">").split("-")[0]))
-    for label in labels:
-        cells = [next((f"{100 * acc:.2f}% ({n})" for lab, n, acc in c if lab == label), "-") for c in columns]
-        table.add_row(label, *cells)
+    by_run = {Path(r["run"]).name: list(r["by_length"].values())[-1] for r in reports}
+    labels = sorted({row[0] for c in by_run.values() for row in c}, key=lambda s: int(s.strip(">").split("-")[0]))
+    rows = [[label, *(next((f"{pct(acc, 2)} ({n})" for lab, n, acc in c if lab == label), "-") for c in by_run.values())]
+            for label in labels]
+    _print_fitted(console, ["input length", *by_run], rows, console.width,
+                  "exact match (dates) by input length, run against run, widest decoder")
+
+
+def _print_fitted(console: Console, columns: list[str], rows: list[list[str]], width: int, title: str) -> None:
+    """A table fitted to ``width`` (values whole, the first column kept), and what was left out, if anything."""
+    table, dropped = fit_table(columns, rows, width, title=title, right=columns[1:])
     console.print(table)
+    if dropped:
+        for line in textwrap.wrap(f"({', '.join(dropped)}: too wide for {width} columns; in eval.json)", width):
+            console.print(line, highlight=False)
 
 
 # ---- decode-only Tune trials: `tune.trial: evaluate` with `evaluator: dl_ray.eval_seq2seq:decode`

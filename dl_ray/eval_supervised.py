@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dl_ray.fmt import file_lines, shown_path
+from dl_ray.fmt import file_lines, fit_table, pct, shown_path
 
 MAX_MISTAKES_DRAWN = 30
 MAX_CLASSES_SHOWN = 20  # wider confusion matrices are drawn, and printed as per-class rows
@@ -192,37 +192,56 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     line += [metric_text(k, report[k]) for k in ("precision", "recall", "f1", "mse", "rmse", "mae", "r2") if k in report]
     console.print("test: " + " · ".join(line), highlight=False)
     if "confusion" in report:
-        console.print(confusion_table(report))
-        shown = report["mistakes"][:5]
-        if shown:
-            surest = ", ".join(f"{m['true']}→{m['pred']} p={m['p']:.2f}" for m in shown)
-            console.print(f"{report['mistake_count']} mistakes; the surest: {surest}", highlight=False)
-        else:
-            console.print("no mistakes on the test split", highlight=False)
+        table, note = confusion_table(report, console.width)  # a pipe's width is 80 (or COLUMNS)
+        console.print(table)
+        if note:
+            console.print(f"({note})", highlight=False)
+        console.print(surest_mistakes(report, console.width), highlight=False, soft_wrap=True)
     for line in file_lines("pictures", report["pictures"]) + [f"report: {shown_path(Path(report['run']) / 'eval_test.json')}"]:
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def confusion_table(report: dict[str, Any]) -> Table:
-    """Rows: true class; columns: predicted class (when there are few), examples and the class's accuracy."""
+def surest_mistakes(report: dict[str, Any], width: int = 80) -> str:
+    """``N mistakes; the surest: 3→5 p=1.00, ...``: up to five, as many as fit ``width`` (at least one)."""
+    if not report["mistakes"]:
+        return "no mistakes on the test split"
+    line = f"{report['mistake_count']} mistakes; the surest:"
+    for k, m in enumerate(report["mistakes"][:5]):
+        item = f"{',' if k else ''} {m['true']}→{m['pred']} p={m['p']:.2f}"
+        if k and len(line) + len(item) > width:
+            break
+        line += item
+    return line
+
+
+def confusion_table(report: dict[str, Any], width: int = 80) -> tuple[Table, str | None]:
+    """Rows: true class; columns: predicted class, examples and the class's accuracy (its recall), fitted to
+    ``width``; and a note on what was left out, or None.
+
+    The examples column (each row's sum) goes first when the matrix is too wide; when even the class columns
+    would not fit, or there are more than MAX_CLASSES_SHOWN classes, it becomes one row per class: examples,
+    accuracy and the class it is most often taken for (confusion.png has the whole matrix)."""
     names, confusion = report["classes"], report["confusion"]
-    wide = len(names) > MAX_CLASSES_SHOWN
-    table = Table(title="test confusion matrix (rows: true class, columns: predicted)" if not wide
-                  else "test accuracy by class (confusion.png: the whole matrix)")
-    table.add_column("true")
-    for name in [] if wide else names:
-        table.add_column(name, justify="right")
-    table.add_column("examples", justify="right")
-    table.add_column("accuracy", justify="right")
-    if wide:
-        table.add_column("most often taken for")
-    for i, name in enumerate(names):
-        row = confusion[i]
-        acc = report["per_class_accuracy"][i]
-        cells = [] if wide else [f"[bold]{c}[/]" if j == i else (str(c) if c else "·") for j, c in enumerate(row)]
-        cells += [str(report["support"][i]), "-" if acc is None else f"{100 * acc:.2f}%"]
-        if wide:
-            others = [(c, j) for j, c in enumerate(row) if j != i and c]
-            cells.append(f"{names[max(others)[1]]} ({max(others)[0]})" if others else "")
-        table.add_row(name, *cells)
-    return table
+    accuracy = ["-" if acc is None else pct(acc, 2) for acc in report["per_class_accuracy"]]
+    if len(names) <= MAX_CLASSES_SHOWN:
+        columns = ["true", *names, "examples", "accuracy"]
+        rows = [[name, *(str(c) if c else "·" for c in confusion[i]), str(report["support"][i]), accuracy[i]]
+                for i, name in enumerate(names)]
+        table, dropped = fit_table(columns, rows, width, title="test confusion matrix (rows: true class, columns: "
+                                   "predicted)", drop_order=["examples", *names[::-1]], right=columns[1:])
+        if dropped == ["examples"]:
+            return table, "examples = the row's sum (left out to fit the width)"
+        if not dropped:
+            return table, None
+    columns = ["true", "examples", "accuracy", "most often taken for"]
+    rows = [[name, str(report["support"][i]), accuracy[i], _taken_for(confusion[i], i, names)]
+            for i, name in enumerate(names)]
+    table, dropped = fit_table(columns, rows, width, title="test accuracy by class (confusion.png: the whole matrix)",
+                               right=columns[1:3])
+    return table, (f"{', '.join(dropped)} left out to fit {width} columns (eval_test.json has it)" if dropped else None)
+
+
+def _taken_for(row: list[int], i: int, names: list[str]) -> str:
+    """The class that true class ``i`` is most often predicted as, with the count: ``7 (12)``."""
+    others = [(c, j) for j, c in enumerate(row) if j != i and c]
+    return f"{names[max(others)[1]]} ({max(others)[0]})" if others else ""

@@ -50,6 +50,16 @@ def num(x, sig: int = 3) -> str:
     return _strip(f"{x:.{decimals}f}")  # a number wider than sig digits (12346) stays whole below LARGE
 
 
+def count(n: float) -> str:
+    """A count in at most 5 characters, for progress lines: ``9,999``, ``25.9k``, ``2.00M``."""
+    n = float(n)
+    if abs(n) < 10_000:
+        return f"{n:,.0f}"
+    if abs(n) < 999_500:
+        return f"{n / 1e3:.1f}k" if abs(n) < 99_950 else f"{n / 1e3:.0f}k"
+    return f"{n / 1e6:.2f}M" if abs(n) < 9.995e6 else f"{n / 1e6:.1f}M"
+
+
 def pct(fraction: float, decimals: int = 1) -> str:
     """A fraction as a percentage of fixed width (``  9.9 %``, `` 10.0 %``, ``100.0 %``), so columns never shift."""
     return f"{100 * fraction:{4 + decimals}.{decimals}f} %"

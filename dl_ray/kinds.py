@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "tune",  # a job + a tune: section (dl_ray/tune)
     "gradient_flow": "analyze",  # dl_ray/rnn_gradients.py: nothing is trained (dl_ray/analysis.py)
     "debias": "analyze",  # dl_ray/debias.py
+    "style_transfer": "train",  # dl_ray/style: the pixels of one image optimised, no dataset, no epochs
 }
 DEFAULT = "supervised"
 

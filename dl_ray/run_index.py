@@ -36,6 +36,7 @@ RUN_FILES = ("spec.yaml", "sweep.yaml", "summary.json", "job.log")
 KEY_METRICS = ("accuracy", "exact_match", "bleu", "map_50", "map", "recall_at_1", "analogy", "bpc", "perplexity",
                "neg_elbo", "fd", "mse", "loss")
 RL_METRICS = ("eval/return_mean", "eval/success_rate", "episodic_return")
+STYLE_METRICS = ("j",)  # style transfer (dl_ray/style): the final J(G) = alpha J_content + beta J_style
 # Statuses written before one vocabulary existed (dl_ray/statuses.py): (status, stop reason).
 LEGACY = {"finished": (COMPLETED, None), "early_stopped": (STOPPED, "early stopping"),
           "nonfinite_loss": (FAILED, "loss NaN/inf")}
@@ -198,7 +199,7 @@ def headline(values: dict[str, Any], spec: dict[str, Any]) -> str | None:
     """The metric that says most about a run: the early-stopping metric a job chose, else by KEY_METRICS / RL_METRICS."""
     chosen = ((spec.get("regularization") or {}).get("early_stopping") or {}).get("metric")
     names = [chosen] if chosen and chosen != "val/loss" else []
-    names += [f"val/{m}" for m in KEY_METRICS] + list(RL_METRICS)
+    names += [f"val/{m}" for m in KEY_METRICS] + list(RL_METRICS) + list(STYLE_METRICS)
     return next((n for n in names if isinstance(values.get(n), (int, float))), None)
 
 

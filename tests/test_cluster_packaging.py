@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -206,8 +207,11 @@ def test_mirror_resumes_from_the_bucket_copies_the_run_back_and_keeps_the_exit_c
               "assert (d / 'metrics.csv').read_text() == 'epoch\\n1\\n'; "  # the earlier attempt was pulled
               "(d / 'metrics.csv').write_text('epoch\\n1\\n2\\n'); (d / 'ckpt').mkdir(); (d / 'ckpt' / 's.pt').write_bytes(b'w'); "
               "sys.exit(3)")
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     code = mirror_main([f"file://{bucket}", str(scratch), "run1", "--", sys.executable, "-c", script, str(scratch)])
     assert code == 3
+    # run in-process, it hands the signals back: a handler left behind makes every later fork ignore SIGTERM
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
     assert (bucket / "run1" / "metrics.csv").read_text() == "epoch\n1\n2\n"
     assert (bucket / "run1" / "ckpt" / "s.pt").read_bytes() == b"w"
 

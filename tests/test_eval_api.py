@@ -50,6 +50,7 @@ def test_eval_of_a_classifier_prints_and_writes_its_confusion_matrix(trained, ca
     from sklearn.metrics import confusion_matrix
 
     from dl_ray.eval_supervised import predict
+    from dl_ray.fmt import pct
 
     monkeypatch.setenv("COLUMNS", "200")
     _, run_dir, summary = trained
@@ -71,7 +72,7 @@ def test_eval_of_a_classifier_prints_and_writes_its_confusion_matrix(trained, ca
     assert sorted(printed) == list(range(10))
     for c in range(10):  # per-class accuracy = diagonal / row sum, as printed
         accuracy = int(confusion[c, c]) / int(confusion[c].sum())
-        assert printed[c] == f"{100 * accuracy:.2f}%" and report["per_class_accuracy"][c] == pytest.approx(accuracy)
+        assert printed[c] == pct(accuracy, 2).strip() and report["per_class_accuracy"][c] == pytest.approx(accuracy)
     # independently: the loaded model's predictions, counted by scikit-learn
     run = api.load(run_dir)
     logits, y = predict(run.model, run.data(), "test", torch.device("cpu"))

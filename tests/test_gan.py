@@ -183,6 +183,7 @@ def test_kind_gan_with_a_classifier_is_refused(tmp_path, capsys):
     ({"name": "dcgan"}, {"name": "mnist5k"}, "pixels in [0, 1]"),  # standardized pixels
     ({"name": "gan_mlp"}, {"name": "mnist5k", "pixels": "unit"}, "1-D distribution"),
     ({"name": "dcgan", "judge": "no/such/run"}, {"name": "mnist5k", "pixels": "unit"}, "model.judge: no trained LeNet run"),
+    ({"name": "gan_mlp", "monotone": True, "noise": "normal"}, {"name": "distribution"}, "monotone: true needs noise: uniform"),
 ])
 def test_gan_models_refuse_data_they_cannot_learn(tmp_path, capsys, model, data, says):
     job = write_job(tmp_path, "bad", kind="gan", model=model, data=data, optimizers=OPTIMIZERS)
@@ -222,6 +223,36 @@ def test_the_averaged_generator_is_the_mean_of_its_steps_from_average_from():
     assert np.allclose(learned, expected) and not np.allclose(learned, np.sort(
         task.g(torch.from_numpy(u).float()[:, None]).detach().flatten().double().numpy()))
     assert task.get_extra_state() == {"d_steps_taken": 24, "averaged_steps": 8}
+
+
+def test_a_monotone_generator_is_increasing_in_u_before_and_after_training():
+    """model.monotone: G(u) on a fine grid never decreases, at initialisation and after 40 generator steps at a large
+    learning rate (brute force over the grid); the averaged generator of its steps is increasing too."""
+    from dl_ray.data import build_data
+    from dl_ray.models import build_model
+    from dl_ray.registry import DATASETS, MODELS
+
+    torch.manual_seed(0)
+    data = build_data(DATASETS["distribution"].config(name="distribution", size=5000))
+    task = build_model(MODELS["gan_mlp"].config(name="gan_mlp", monotone=True, g_hidden=[32, 32], d_hidden=[16],
+                                                d_steps=1, average_from=0), data.io)
+    u = torch.linspace(0, 1, 20_001)[:, None]
+
+    def increasing(g) -> bool:
+        with torch.no_grad():
+            return bool((g(u).flatten().diff() >= 0).all())
+
+    assert increasing(task.g)
+    with torch.no_grad():
+        before = task.g(u).flatten()
+    counting = CountingContext(task)
+    counting.ctx.optimizers["generator"].param_groups[0]["lr"] = 3e-2  # large steps: the weights move far
+    for batch in data.loader("train", 100, seed=0):
+        task.training_step(batch, counting.ctx)
+    assert counting.order.count("generator") == 40 and task.averaged_steps == 40
+    with torch.no_grad():
+        assert float((task.g(u).flatten() - before).abs().max()) > 0.1  # it did move
+    assert increasing(task.g) and increasing(task.g_average)
 
 
 @pytest.mark.slow

@@ -291,3 +291,16 @@ def test_a_short_run_beats_the_unigram_model(tmp_path):
     unigram = KneserNey(data.train.ids.numpy(), len(vocab), 1, vocab.index("\n")).bpc(data.val.ids.numpy(), 1)
     assert summary["final"]["val/bpc"] < unigram - 0.5, (summary["final"], unigram)
     assert (run / "samples.txt").read_text().count("-- temperature 0.5") == 4  # 3 epochs and the best weights
+
+
+def test_the_wikipedia_sample_is_parsed_once_and_its_cache_reads_back_the_same_articles(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    corpus.wikipedia_sample.cache_clear()
+    try:
+        parsed = corpus.wikipedia_sample()  # no cache here yet: gensim parses, the cache is written
+        assert corpus.corpus_cache_path().parent == tmp_path / "dl_ray" and corpus.corpus_cache_path().is_file()
+        corpus.wikipedia_sample.cache_clear()
+        assert corpus.wikipedia_sample() == parsed  # read from the cache file
+        assert len(parsed) == 106 and sum(map(len, parsed)) > 400_000
+    finally:
+        corpus.wikipedia_sample.cache_clear()  # the next test reads the machine's own cache again

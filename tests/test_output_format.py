@@ -297,3 +297,72 @@ def test_epoch_lines_show_validation_metrics_when_training_reports_only_its_loss
     header, row = _follow([metrics], epochs=5)
     assert header.split() == ["train", "loss", "val", "loss", "val", "analogy", "val", "wordsim353", "lr", "time"]
     assert row.split() == ["epoch", "1/5", "2.5000", "2.4000", "0.2500", "0.5000", "5.0e-02", "12.5", "s"]
+
+
+# ---- dl-ray eval tables: the confusion matrix, exact match by length, run against run
+
+def _confusion_report(classes: int, diagonal: int, names=None) -> dict:
+    confusion = [[diagonal if i == j else (i * j) % 13 for j in range(classes)] for i in range(classes)]
+    support = [sum(row) for row in confusion]
+    return {"classes": names or [str(c) for c in range(classes)], "confusion": confusion, "support": support,
+            "per_class_accuracy": [confusion[c][c] / support[c] for c in range(classes)]}
+
+
+@pytest.mark.parametrize("diagonal, left_out", [(98, None), (980, "examples")])
+def test_a_ten_class_confusion_matrix_fits_80_columns_with_every_count_whole(diagonal, left_out):
+    from dl_ray.eval_supervised import confusion_table
+
+    report = _confusion_report(10, diagonal)
+    table, note = confusion_table(report, 80)
+    lines = _render(table)
+    assert max(map(len, lines)) <= 80 and "…" not in "\n".join(lines), "\n".join(lines)
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert [r[0] for r in rows] == report["classes"]
+    for r, counts, accuracy in zip(rows, report["confusion"], report["per_class_accuracy"]):
+        assert r[1:11] == [str(c) if c else "·" for c in counts] and r[-1] == pct(accuracy, 2).strip()
+        assert (r[11] == str(sum(counts))) == (left_out is None)
+    assert (note is None) == (left_out is None) and (left_out or "") in (note or "")
+
+
+def test_a_confusion_matrix_too_wide_for_the_terminal_becomes_one_row_per_class():
+    from dl_ray.eval_supervised import confusion_table
+
+    report = _confusion_report(14, 98, names=[f"class_{c}" for c in range(14)])
+    table, note = confusion_table(report, 80)
+    lines = _render(table)
+    assert max(map(len, lines)) <= 80 and note is None, "\n".join(lines)
+    assert "test accuracy by class" in lines[0]
+    assert [str(c.header) for c in table.columns] == ["true", "examples", "accuracy", "most often taken for"]
+    assert sum(line.startswith("│ class_") for line in lines) == 14
+
+
+def test_seq2seq_run_against_run_table_keeps_values_whole_and_names_the_runs_left_out():
+    from dl_ray.eval_seq2seq import compare_lengths
+
+    buckets = [("1-10", 100, 0.99), ("11-15", 1000, 1.0), (">30", 20, 0.9)]
+    reports = [{"run": f"runs/dates_{kind}_attention_long_name", "by_length": {"greedy": buckets}}
+               for kind in ("no", "bahdanau", "luong", "gru", "lstm")]
+    lines = _render_with(compare_lengths, reports)
+    assert max(map(len, lines)) <= 80 and "…" not in "\n".join(lines), "\n".join(lines)
+    rows = [line for line in lines if line.startswith("│")]
+    assert all(row.count("100.00 % (1000)") == 3 for row in rows if "11-15" in row)
+    text = " ".join(lines)
+    assert "dates_lstm_attention_long_name" in text and "too wide for 80 columns" in text
+
+
+def test_dqn_progress_lines_fit_80_columns_at_atari_scale(tmp_path):
+    from dl_ray.rl.outputs import RunFolder
+    from dl_ray.rl.progress import RunLog
+    from dl_ray.rl.spec import load_rl_spec
+
+    spec = load_rl_spec("jobs/rl/dqn_pong.yaml", [f"storage.path={tmp_path}"])
+    out = Console(record=True, width=80)
+    log = RunLog(spec, out, RunFolder(spec), {"env_steps": 1_999_872, "episodes": 12_345, "actor_restarts": 0}, 0)
+    log.returns.extend([-20.4] * 10)
+    log.epsilons = {0: 0.01}
+    log.mark = (log.mark[0] - 10, 1_979_872, 1_598_400)  # 10 s since the last row: 2,000 env steps, 160 updates a second
+    spec.run_dir.mkdir(parents=True)
+    log.row(updates=1_600_000)
+    line = out.export_text().rstrip("\n")
+    assert "\n" not in line and len(line) <= 80, line
+    assert line.startswith("2.00M steps  return -20.4  12.3k ep  ε 0.010"), line

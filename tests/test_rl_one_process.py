@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,17 +71,43 @@ def test_one_process_holds_the_replay_ratio_and_eval_replays_its_evaluation(tmp_
     assert best["eval/return_mean"] == summary["best_eval/return_mean"] and best["seed"] == summary["best_eval/seed"]
 
 
-def test_one_process_resumes_with_its_replay_as_if_never_stopped(tmp_path):
+def dry_run(capsys, raw: dict, *overrides: str) -> str:
+    """The plan ``dl-ray dqn JOB --dry-run`` prints after the resolved spec (YAML comments), its lines joined."""
+    job = Path(raw["storage"]["path"]) / "job.yaml"
+    job.write_text(json.dumps(raw))  # JSON is YAML
+    code, out, _ = in_process(capsys)("dqn", str(job), "--dry-run", *(f"--set={o}" for o in overrides))
+    job.unlink()
+    assert code == 0 and all(len(line) <= 80 for line in out.splitlines()), out
+    return " ".join(line[1:].strip() for line in out.splitlines() if line.startswith("#"))
+
+
+def test_one_process_resumes_with_its_replay_as_if_never_stopped(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run folder shows as "again"
     raw = cartpole(tmp_path, "again", total=2000, save_in_checkpoint=True)
-    first = driver.run(parse_rl_spec(raw), quiet())
+    plan = dry_run(capsys, raw)
+    assert plan.startswith("run folder again: new run, from env step 0 of 2,000 actors: ")
+    assert "actors: one process, no Ray: 4 envs, 1 torch thread, Ape-X ε 0.4 α 7, 16 steps/call" in plan
+    assert "replay: 10,000 frames, 1 shard, uniform, ratio 4, from env step 500" in plan
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+    out = Console(file=open(tmp_path / "first.txt", "w"), width=200)
+    first = driver.run(parse_rl_spec(raw), out)
+    assert "run folder again: new run, from env step 0 of 2,000" in (tmp_path / "first.txt").read_text()
     saved = np.load(tmp_path / "again" / "checkpoint" / "replay_0.npz")
     assert int(saved["counters"][0]) == first["replay_frames"] >= 2000
+    finished = f"finished: {first['env_steps']:,} of 2,000 env steps; evaluates again and reports (nothing to train)"
+    assert f"run folder again: {finished}" in dry_run(capsys, raw)
+    resuming = f"resuming at env step {first['env_steps']:,} of 3,000 from checkpoint/ (with its replay)"
+    assert f"run folder again: {resuming}" in dry_run(capsys, raw, "dqn.total_env_steps=3000")
     raw["dqn"]["total_env_steps"] = 3000  # run on: the replay comes back, so learning goes on at once
-    second = driver.run(parse_rl_spec(raw), quiet())
+    second = driver.run(parse_rl_spec(raw), out)
+    assert resuming in (tmp_path / "first.txt").read_text()
     uninterrupted = (second["env_steps"] - 500) * 4 // 32
     assert uninterrupted - 16 < second["updates"] <= uninterrupted, (first, second)
     state = torch.load(tmp_path / "again" / "checkpoint" / "state.pt", weights_only=True)  # tensors and plain Python
     assert state["counters"]["env_steps"] == second["env_steps"] and state["learner"]["updates"] == second["updates"]
+    assert second["best_eval/return_mean"] >= first["best_eval/return_mean"]  # the first part's best is kept
+    best = torch.load(tmp_path / "again" / "best_weights.pt", weights_only=True)
+    assert best["env_steps"] == second["best_eval/env_steps"]  # the file holds the weights the summary names
 
 
 @pytest.mark.slow
@@ -96,12 +123,38 @@ def test_progress_comes_every_few_seconds_and_a_time_stop_says_so(tmp_path):
     out = Console(file=open(tmp_path / "out.txt", "w"), width=200)
     summary = driver.run(parse_rl_spec(raw), out)
     lines = (tmp_path / "out.txt").read_text().splitlines()
-    assert sum(bool(re.match(r"\s*[\d,]+ steps │", line)) for line in lines) >= 4  # ~every 0.5 s of 3 s
+    assert sum(bool(re.match(r"\s*[\d.,]+[kM]? steps  return ", line)) for line in lines) >= 4  # ~every 0.5 s of 3 s
     assert summary["status"] == "stopped"
     assert summary["stop_reason"] == f"max_time_s (3 s) at {summary['env_steps'] / 10**5:.1f} % of 10,000,000 env steps"
     assert f"done: {summary['env_steps']:,} env steps (stopped: {summary['stop_reason']})" in "\n".join(lines)
     assert any(line.startswith("evaluating at ") for line in lines)  # the final evaluation announces itself
     assert json.loads((tmp_path / "timed" / "summary.json").read_text())["stop_reason"] == summary["stop_reason"]
+
+
+def test_rows_at_the_progress_interval_draw_curves_and_evaluations_report_as_they_play(tmp_path, capsys):
+    from dl_ray.rl.outputs import plot_curves
+
+    raw = cartpole(tmp_path, "steady", total=10**7)
+    raw["dqn"] |= {"log_every_env_steps": 10**9, "progress_every_s": 1e-3, "max_time_s": 1.5}
+    raw["evaluation"] |= {"every_env_steps": None, "episodes": 10}
+    out = Console(file=open(tmp_path / "out.txt", "w"), width=200)
+    summary = driver.run(parse_rl_spec(raw), out)
+    run = tmp_path / "steady"
+    rows = pd.read_csv(run / "metrics.csv").dropna(subset=["sps"])
+    assert len(rows) >= 10 and rows["env_steps"].is_monotonic_increasing
+    assert rows[["episodic_return", "epsilon", "time_s"]].notna().all().all() and rows["loss"].notna().sum() >= 5
+    drawn = plot_curves(run / "metrics.csv", tmp_path / "curves.png")  # what the run's curves.png shows
+    assert drawn["episodic_return"] == drawn["sps"] == drawn["epsilon"] == len(rows) and drawn["eval/return_mean"] == 1
+    assert drawn["loss"] == rows["loss"].notna().sum()
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    played = [re.match(rf"evaluation at {summary['env_steps']:,} env steps: (\d+)/10 games done", line) for line in lines]
+    done = [int(m[1]) for m in played if m]
+    assert done and done == sorted(done) and done[-1] < 10, lines  # while it plays, before its result line
+    # dl-ray eval of the run reports its progress at the run's interval too
+    assert cli_main(["eval", str(run), "--weights", "last"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"steady: evaluating last weights: \d+/10 games done", printed), printed
+    assert json.loads((run / "eval_last.json").read_text())["eval/return_mean"] == summary["eval/return_mean"]
 
 
 def test_weights_saved_as_numpy_by_older_runs_are_refused_in_one_line(tmp_path):

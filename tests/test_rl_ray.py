@@ -92,7 +92,7 @@ def test_an_actor_killed_mid_run_is_replaced_and_training_goes_on(ray_cluster, t
     assert outcome["env_steps"] >= 6000 and outcome["updates"] > run.base_updates
     assert pd.read_csv(tmp_path / "kill" / "metrics.csv")["episodic_return"].notna().any()
     eps = [apex_epsilon(i, 2, 0.4, 7.0) for i in range(2)]
-    assert sorted(run.epsilons.values()) == pytest.approx(sorted(eps))  # the replacement kept index 0's epsilon
+    assert sorted(run.log.epsilons.values()) == pytest.approx(sorted(eps))  # the replacement kept index 0's epsilon
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def kill_and_rerun(tmp_path, raw: dict, env: dict[str, str]) -> str:
     first.wait()
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert "resumed from" in second.stdout
+    assert "resuming at env step" in second.stdout
     resumed_at = int(second.stdout.split("at env step ")[1].split()[0].replace(",", ""))
     assert 1000 <= resumed_at < 5000
     summary = json.loads((tmp_path / raw["name"] / "summary.json").read_text())
@@ -149,6 +149,23 @@ def test_max_time_stops_collecting_and_still_evaluates(ray_cluster, tmp_path):
     assert summary["stop_reason"] == f"max_time_s (8 s) at {summary['env_steps'] / 10**5:.1f} % of 10,000,000 env steps"
     owed = (summary["env_steps"] - 500) * 4 // 32
     assert owed - 16 < summary["updates"] <= owed  # the owed updates (whole learner calls) ran before the end
+
+
+@pytest.mark.slow
+def test_background_evaluations_report_their_progress_through_the_driver(ray_cluster, tmp_path):
+    spec = cartpole(tmp_path, "evals", total=3000)
+    raw = spec.to_dict()
+    raw["dqn"]["progress_every_s"] = 1e-3  # every step of an evaluation but its last reports
+    raw["evaluation"] |= {"every_env_steps": 1000, "episodes": 10}
+    driver.run(parse_rl_spec(raw), Console(file=open(tmp_path / "out.txt", "w"), width=200))
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    evals = pd.read_csv(tmp_path / "evals" / "metrics.csv").dropna(subset=["eval/return_mean"])
+    assert len(evals) >= 3
+    for steps in evals["env_steps"]:  # each evaluation, a Ray task, reported while it played, before its result
+        at = f"evaluation at {steps:,} env steps: "
+        played = [i for i, line in enumerate(lines) if line.startswith(at) and re.search(r"\d+/10 games done", line)]
+        result = next(i for i, line in enumerate(lines) if line.startswith(at + "return "))
+        assert played and max(played) < result, lines
 
 
 @pytest.mark.slow

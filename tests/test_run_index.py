@@ -227,3 +227,14 @@ def test_two_trained_runs_are_listed_and_compared(tmp_path):
                          "--out", str(tmp_path / "cmp.png"))
     assert code == 0 and (tmp_path / "cmp.png").is_file(), err
     assert summaries["fast"]["final"]["val/accuracy"] > summaries["slow"]["final"]["val/accuracy"]  # 30x the lr, 3 epochs
+
+
+def test_a_style_transfer_run_shows_its_final_cost(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "style"
+    run.mkdir()
+    (run / "spec.yaml").write_text(yaml.safe_dump({"name": "style", "kind": "style_transfer"}))
+    write_summary(run, {"status": "completed", "kind": "style_transfer", "final": {"j": 0.45, "j_content": 0.159,
+                                                                                  "j_style": 2.9e-4}})
+    code, lines, err = run_cli(capsys, monkeypatch, "runs", str(tmp_path))
+    assert code == 0, err
+    assert lines[1].split()[:3] == ["style", "style_transfer", "completed"] and "j 0.45" in lines[1], lines

@@ -100,6 +100,22 @@ def test_class_batches_hold_k_images_of_a_class_and_split_ranks():
     assert not torch.equal(class_batches(labels, 16, 4, seed=6), rows)
 
 
+def test_distort_is_the_identity_when_off_and_each_part_moves_the_strokes():
+    from dl_ray.models.siamese import SiameseConfig, distort
+
+    x = torch.zeros(4, 1, 28, 28) - 0.4
+    x[:, :, 6:22, 12:16] = 2.8  # a bar on a background that is not 0 (standardised pixels)
+    off = SiameseConfig(name="siamese", view_shift=0, view_rotation=0)
+    assert torch.allclose(distort(x, off), x, atol=1e-5)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    for part in ({"view_scale": 0.3}, {"view_shear": 0.5}, {"view_elastic": 0.1}):
+        moved = distort(x, off.model_copy(update=part), g())
+        assert (moved - x).abs().amax() > 1 and moved.amin() >= -0.4 - 1e-5
+    thick = distort(x, off.model_copy(update={"view_thickness": 1.0}), g())
+    ink = lambda t: (t + 0.4).sum((1, 2, 3))  # noqa: E731
+    assert ((ink(thick) - ink(x)).abs() > 10).all()  # every copy thicker or thinner
+
+
 def test_threshold_and_verification_against_brute_force():
     rng = np.random.default_rng(0)
     same = rng.random(300) < 0.2

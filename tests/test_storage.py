@@ -145,6 +145,7 @@ def test_a_reachable_bucket_passes_and_a_missing_one_is_one_line(s3):
         storage.check_bucket("s3://no-such-bucket/runs")
 
 
+@pytest.mark.slow  # pyarrow retries the dead address for ~6 s
 def test_an_unreachable_bucket_is_one_line(s3, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

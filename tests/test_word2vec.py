@@ -56,6 +56,33 @@ def test_windows_are_the_dynamic_windows_within_each_article():
     assert got == expected
 
 
+def test_each_worker_makes_only_its_shard_of_the_epochs_windows():
+    corpus, _ = topic_corpus(articles=12, length=40)
+    data = topic_bundle(corpus)
+    ids, docs, reach, order = data.epoch_examples(seed=5, epoch=2)
+    contexts, centres = windows(ids, docs, data.cfg.window, np.random.default_rng(0))  # every centre, file order
+    whole = data.loader("train", 1000, epoch=2, seed=5)
+    shards = [data.loader("train", 1000, epoch=2, seed=5, rank=r, world=3) for r in range(3)]
+    assert len(whole.tensors[1]) == len(centres) and sorted(whole.tensors[1].tolist()) == sorted(centres.tolist())
+    for r, shard in enumerate(shards):
+        usable = len(order) // 3 * 3
+        torch.testing.assert_close(shard.tensors[0], whole.tensors[0][r:usable:3])
+        torch.testing.assert_close(shard.tensors[1], whole.tensors[1][r:usable:3])
+
+
+def test_review_sentences_join_the_training_text_only_from_their_training_split():
+    from dl_ray.data.reviews import RottenTomatoesConfig, rotten_tomatoes, split_examples
+    from dl_ray.data.skipgram import training_reviews
+
+    split = RottenTomatoesConfig(name="rotten_tomatoes", split_seed=3)
+    parts = split_examples(rotten_tomatoes(), split)
+    reviews = {tuple(t) for t in training_reviews(split)}
+    assert reviews == {tuple(t) for t, _ in parts["train"]}
+    assert reviews.isdisjoint(tuple(t) for t, _ in parts["val"] + parts["test"])
+    with pytest.raises(ValueError, match="reviews.name must be rotten_tomatoes"):
+        WordCorpusConfig(name="word_corpus", reviews={"name": "review_stars"})
+
+
 def test_vocabulary_of_fewer_than_two_words_is_one_spec_error():
     with pytest.raises(SpecError, match=r"^data\.min_count: 3 leaves 1 word") as e:
         build_vocab([["a", "a", "a", "b"]], min_count=3)

@@ -119,7 +119,7 @@ def test_short_training_detects_digits_and_eval_reports_ap_per_class(tmp_path):
                            "train_canvases": 1500, "eval_canvases": 200},
                      optimizer={"name": "adam", "lr": 0.003}, schedule={"name": "cosine"},
                      regularization={"early_stopping": {"patience": 8, "metric": "val/map_50"}},
-                     training={"epochs": 8, "batch_size": 32, "seed": 0})
+                     training={"epochs": 5, "batch_size": 32, "seed": 0})  # test mAP@0.5 0.71
     code, out, err = cli("train", str(path))
     assert code == 0, err
     run = tmp_path / "runs" / "yolo_small"

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from dl_ray.cluster import signals
 
 LOG_NAME = "job.log"
 
@@ -123,17 +124,16 @@ def main(argv: list[str]) -> int:
     first = header(submission_id).encode()
     log.write(first)
     sys.stdout.buffer.write(first)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # Ray signals the command too: keep reading its last lines
-        signal.signal(sig, lambda *_: None)
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        for chunk in iter(lambda: os.read(child.stdout.fileno(), 65536), b""):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-            log.write(chunk)
-    finally:
-        code = child.wait()
-        log.close()
+    with signals.handled(lambda *_: None):  # Ray signals the command too: keep reading its last lines
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            for chunk in iter(lambda: os.read(child.stdout.fileno(), 65536), b""):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                log.write(chunk)
+        finally:
+            code = child.wait()
+            log.close()
     return code
 
 

@@ -18,11 +18,12 @@ URI SCRATCH RUN -- CMD...`` pulls ``URI/RUN`` into ``SCRATCH/RUN``, runs ``CMD``
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from dl_ray.cluster import signals
 
 STORAGE_ENV = "DL_RAY_STORAGE_URI"  # the bucket a submitted `dl-ray train` job's storage.path stands for
 SKIPPED = (".tmp",)  # half-written files (History, persist_local's .tmp_ folders) are never sent
@@ -177,8 +178,19 @@ def main(argv: list[str]) -> int:
     mirror = Mirror(f"{uri.rstrip('/')}/{run}", Path(scratch) / run)
     print(f"[dl-ray mirror] {mirror.pull()} file(s) from {uri}/{run}; run folder on this node: {mirror.local}", flush=True)
     child = subprocess.Popen(command)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    with signals.handled(lambda signum, _frame: child.send_signal(signum)):
+        code = _wait_pushing(mirror, child, uri, run)
+    try:
+        print(f"[dl-ray mirror] {mirror.push()} file(s) copied to {uri}/{run}", flush=True)
+    except OSError as e:
+        print(f"[dl-ray mirror] the run folder {mirror.local} could not be copied to {uri}/{run}: {e}", file=sys.stderr,
+              flush=True)
+        return code or 1
+    return code
+
+
+def _wait_pushing(mirror: Mirror, child: subprocess.Popen, uri: str, run: str) -> int:
+    """Wait for the command, pushing the run folder every DL_RAY_MIRROR_EVERY_S seconds meanwhile; its exit code."""
     every = float(os.environ.get("DL_RAY_MIRROR_EVERY_S", "30"))
     stop = threading.Event()
 
@@ -194,12 +206,6 @@ def main(argv: list[str]) -> int:
     code = child.wait()
     stop.set()
     pusher.join()
-    try:
-        print(f"[dl-ray mirror] {mirror.push()} file(s) copied to {uri}/{run}", flush=True)
-    except OSError as e:
-        print(f"[dl-ray mirror] the run folder {mirror.local} could not be copied to {uri}/{run}: {e}", file=sys.stderr,
-              flush=True)
-        return code or 1
     return code
 
 

@@ -7,6 +7,8 @@ WikiText-2/-103 are read from a path (:func:`read_text8`, :func:`read_wikitext`)
 from __future__ import annotations
 
 import functools
+import gzip
+import json
 import os
 import re
 from pathlib import Path
@@ -27,7 +29,31 @@ WIKIPEDIA_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-short
 def wikipedia_sample() -> list[list[str]]:
     """One list of lowercase word tokens per article of gensim's Wikipedia sample.
 
-    gensim's own WikiCorpus strips the wiki markup and tokenises (it is the reference for that, so it is not
+    Parsed once per gensim version, then read from a cache file (``$XDG_CACHE_HOME/dl_ray``, else
+    ``~/.cache/dl_ray``): parsing takes seconds and forks a process pool, reading the cache a fraction of that."""
+    cache = corpus_cache_path()
+    if cache.is_file():
+        return json.loads(gzip.decompress(cache.read_bytes()))
+    articles = parse_wikipedia_sample()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(gzip.compress(json.dumps(articles).encode(), compresslevel=1))
+        tmp.replace(cache)  # whole or not at all: another process may be reading it
+    except OSError:  # a read-only home: parse again next time, the corpus is the same
+        pass
+    return articles
+
+
+def corpus_cache_path() -> Path:
+    import gensim
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dl_ray"
+    return root / f"wikipedia_sample-gensim-{gensim.__version__}.json.gz"
+
+
+def parse_wikipedia_sample() -> list[list[str]]:
+    """gensim's own WikiCorpus strips the wiki markup and tokenises (it is the reference for that, so it is not
     rewritten here); one process suffices for 106 articles and keeps the result deterministic."""
     from gensim.corpora.wikicorpus import WikiCorpus
 

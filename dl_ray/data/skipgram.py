@@ -10,7 +10,8 @@ Every epoch (seeded by ``(seed, epoch)``, identically on every worker, so a resu
    (in the same article), so near words count more, as the C tool does.
 3. Each surviving centre word becomes one example, its window: the centre and its up to 2 * window context
    words. Skip-gram makes a (context word -> centre word) pair of each, as the C tool does; CBOW predicts the
-   centre from their mean. Examples are shuffled and dealt out ``rank::world``.
+   centre from their mean. Examples are shuffled and dealt out ``rank::world``; each worker builds the
+   context rows of its own shard only.
 4. The noise distribution of negative sampling, P(w) = count(w)^0.75 / sum_v count(v)^0.75 (the "empirical
    formula" between unigram and uniform sampling), is :func:`noise_distribution`; the model draws from it.
 """
@@ -24,10 +25,11 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch.utils.data import TensorDataset
 
 from dl_ray.data import DataBundle, DataConfig
+from dl_ray.data.reviews import RottenTomatoesConfig
 from dl_ray.errors import SpecError
 from dl_ray.registry import register_dataset
 
@@ -95,16 +97,33 @@ def subsample(ids: np.ndarray, docs: np.ndarray, keep: np.ndarray, rng: np.rando
 def windows(ids: np.ndarray, docs: np.ndarray, window: int, rng: np.random.Generator):
     """(contexts (N, 2 * window) with -1 where a window is shorter, centres (N,)): each centre with the words
     within its dynamic window (drawn from ``rng``) in its article; centres without any are dropped."""
-    n = len(ids)
-    reach = rng.integers(1, window + 1, n)
-    contexts = np.full((n, 2 * window), -1, dtype=np.int64)
+    reach = rng.integers(1, window + 1, len(ids))
+    centres = np.flatnonzero(has_neighbour(docs))
+    return window_rows(ids, docs, reach, centres, window), ids[centres]
+
+
+def has_neighbour(docs: np.ndarray) -> np.ndarray:
+    """Per token, whether a word next to it is in its article: every window reaches at least 1 word either side,
+    so these are the centres with a context."""
+    same = docs[1:] == docs[:-1]
+    out = np.zeros(len(docs), dtype=bool)
+    out[1:] |= same
+    out[:-1] |= same
+    return out
+
+
+def window_rows(ids: np.ndarray, docs: np.ndarray, reach: np.ndarray, centres: np.ndarray, window: int) -> np.ndarray:
+    """(len(centres), 2 * window) ids of the words within ``reach`` of each centre position in its article, -1
+    elsewhere. Built for the given centres only, so each worker makes the rows of its own shard."""
+    pad = np.full(window, -1, dtype=np.int64)
+    padded_ids, padded_docs = np.concatenate([pad, ids, pad]), np.concatenate([pad, docs, pad])  # doc -1: no article
+    own_doc, own_reach = docs[centres], reach[centres]
+    rows = np.empty((len(centres), 2 * window), dtype=np.int64)
     for k, offset in enumerate([o for d in range(1, window + 1) for o in (-d, d)]):
-        src = np.arange(n) + offset
-        ok = (src >= 0) & (src < n) & (reach >= abs(offset))
-        ok[ok] &= docs[src[ok]] == docs[ok]
-        contexts[ok, k] = ids[src[ok]]
-    has = (contexts >= 0).any(axis=1)
-    return contexts[has], ids[has]
+        source = centres + (window + offset)
+        ok = (own_reach >= abs(offset)) & (padded_docs[source] == own_doc)
+        rows[:, k] = np.where(ok, padded_ids[source], -1)
+    return rows
 
 
 # ---------------------------------------------------------------- GloVe's co-occurrence counts
@@ -152,6 +171,17 @@ class WordCorpusConfig(DataConfig):
     """Share of the articles held out for the test loss (at least one article)."""
     limit: int | None = Field(None, gt=2)
     """Use only this many articles (after shuffling): smoke runs."""
+    reviews: RottenTomatoesConfig | None = None
+    """Also learn from the training sentences of this Rotten Tomatoes split (a sentiment job's ``data:`` section,
+    e.g. ``{name: rotten_tomatoes}``), each sentence a document of the training text: in-domain vectors to start a
+    sentiment model from. Only its train split is read, so that job's val and test sentences stay unseen."""
+
+    @field_validator("reviews")
+    @classmethod
+    def _rotten_tomatoes_only(cls, value: RottenTomatoesConfig | None) -> RottenTomatoesConfig | None:
+        if value is not None and value.name != "rotten_tomatoes":
+            raise ValueError(f"reviews.name must be rotten_tomatoes (the review corpus shipped offline), got {value.name}")
+        return value
 
 
 def corpus_tokens(name: str) -> list[list[str]]:
@@ -192,14 +222,23 @@ class WordCorpusBundle(DataBundle):
         self._lock, self._made = threading.Lock(), (None, ())
 
     def examples(self, split: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """One epoch's examples of a split, shuffled."""
+        """One epoch's examples of a split, shuffled: GloVe's ``(rows, cols, counts)``; for windows, the
+        subsampled ``(ids, docs, reach, centre positions)``, whose context rows :meth:`select` makes per shard."""
         if self.counts is not None:
             order = rng.permutation(len(self.counts[split][0]))
             return tuple(a[order] for a in self.counts[split])
         ids, docs = subsample(*self.encoded[split], self.keep, rng)
-        contexts, centres = windows(ids, docs, self.cfg.window, rng)
-        order = rng.permutation(len(centres))
-        return contexts[order], centres[order]
+        reach = rng.integers(1, self.cfg.window + 1, len(ids))
+        centres = np.flatnonzero(has_neighbour(docs))
+        return ids, docs, reach, centres[rng.permutation(len(centres))]
+
+    def select(self, made: tuple[np.ndarray, ...], index: slice) -> tuple[np.ndarray, ...]:
+        """Examples ``index`` of an epoch's ``made``: windows -> (contexts, centres), cooccurrence -> (rows, cols, counts)."""
+        if self.counts is not None:
+            return tuple(a[index] for a in made)
+        ids, docs, reach, centres = made
+        mine = centres[index]
+        return window_rows(ids, docs, reach, mine, self.cfg.window), ids[mine]
 
     def epoch_examples(self, seed: int, epoch: int) -> tuple[np.ndarray, ...]:
         """The training ``examples`` of (seed, epoch), made once when several workers of one process ask for shards."""
@@ -216,13 +255,13 @@ class WordCorpusBundle(DataBundle):
         """Training (``seed`` given): epoch ``epoch``'s examples, drawn from (seed, epoch) alike on every worker,
         dealt out ``rank::world``. Evaluation: a fixed sample of the split's examples, every world-th."""
         if seed is not None:
-            arrays = self.epoch_examples(seed, epoch)
-            usable = len(arrays[0]) // world * world  # every worker takes the same number of steps
-            arrays = tuple(a[:usable] for a in arrays)
+            made = self.epoch_examples(seed, epoch)
+            end = len(made[-1]) // world * world  # every worker takes the same number of steps
         else:
-            rng = np.random.default_rng([self.cfg.split_seed, {"train": 0, "val": 1, "test": 2}[split]])
-            arrays = tuple(a[: self.cfg.eval_examples] for a in self.examples(split, rng))
-        return ExampleBatches(tuple(torch.from_numpy(np.ascontiguousarray(a[rank::world])) for a in arrays), batch_size)
+            made = self.examples(split, np.random.default_rng([self.cfg.split_seed, {"train": 0, "val": 1, "test": 2}[split]]))
+            end = min(len(made[-1]), self.cfg.eval_examples)
+        arrays = self.select(made, slice(rank, end, world))
+        return ExampleBatches(tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays), batch_size)
 
 
 def _padded_articles(ids: np.ndarray, docs: np.ndarray, count: int, width: int) -> torch.Tensor:
@@ -246,8 +285,17 @@ class ExampleBatches:
             yield tuple(t[start:start + self.batch_size] for t in self.tensors)
 
 
+def training_reviews(cfg: RottenTomatoesConfig) -> list[list[str]]:
+    """The tokens of each training sentence of a sentiment job's Rotten Tomatoes split (labels unused)."""
+    from dl_ray.data.reviews import rotten_tomatoes, split_examples
+
+    return [tokens for tokens, _ in split_examples(rotten_tomatoes(), cfg)["train"]]
+
+
 @register_dataset("word_corpus", WordCorpusConfig)
 def word_corpus(cfg: WordCorpusConfig) -> WordCorpusBundle:
     """Real text for word vectors: windows per epoch (word2vec) or co-occurrence counts (GloVe), split by article."""
     articles = split_articles(corpus_tokens(cfg.corpus), cfg)
+    if cfg.reviews is not None:
+        articles["train"] = articles["train"] + training_reviews(cfg.reviews)
     return WordCorpusBundle(cfg, build_vocab(articles["train"], cfg.min_count, cfg.max_vocab), articles)

@@ -15,7 +15,7 @@ def build_model(cfg: ModelConfig, io: ModelIO, dropout: float = 0.0):
     return model
 
 
-from dl_ray.models import autoencoders, gan, lenet, mlp, seq2seq, vae  # noqa: E402,F401  (register the families)
+from dl_ray.models import autoencoders, gan_dcgan, gan_inverse_cdf, lenet, mlp, seq2seq, vae  # noqa: E402,F401  (register the families)
 from dl_ray.models import qnets  # noqa: E402,F401  (Q-networks for dl_ray.rl)
 from dl_ray.models import alexnet, inception, resnet, vgg  # noqa: E402,F401  (the CNN case studies)
 from dl_ray.models import yolo  # noqa: E402,F401  (detection: YOLO)

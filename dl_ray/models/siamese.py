@@ -16,6 +16,7 @@ of same / different over every pair of the split by d: verification). ``dl-ray e
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal
 
 import torch
@@ -57,13 +58,52 @@ class SiameseConfig(ModelConfig):
     miner: ml.Miner = "semihard"
     """Which triplets of a batch train (route: triplet): all (batch-all) | hard | semihard | batch_hard."""
     view_weight: float = Field(0.0, ge=0)
-    """Weight of a second loss of the same route in which every image is its own class: its randomly shifted and
-    rotated copy is its only positive, every other image a negative (0 = off). The class loss alone may keep only
+    """Weight of a second loss of the same route in which every image is its own class: its randomly distorted
+    copy (:func:`distort`) is its only positive, every other image a negative (0 = off). The class loss alone may keep only
     what tells the training classes apart; this keeps what tells any two digits apart (unseen classes need it)."""
     view_shift: int = Field(2, ge=0, le=8)
     """Largest translation (pixels) of the copies of ``view_weight``."""
     view_rotation: float = Field(15.0, ge=0, le=45)
     """Largest rotation (degrees) of the copies of ``view_weight``."""
+    view_scale: float = Field(0.0, ge=0, le=0.5)
+    """Largest relative change of size of the copies (one axis also stretched by up to two thirds of it, the other shrunk): 0 = off."""
+    view_shear: float = Field(0.0, ge=0, le=1)
+    """Largest horizontal shear of the copies (slant: x += shear * y): 0 = off."""
+    view_elastic: float = Field(0.0, ge=0, le=0.2)
+    """Standard deviation of a smooth random displacement of the copies' pixels (a 4 x 4 grid of offsets, in
+    units of half the image width, interpolated): 0 = off. Handwriting varies this way; stroke shapes of a new
+    digit do not come from the training classes, so the embedding must ignore it."""
+    view_thickness: float = Field(0.0, ge=0, le=1)
+    """Probability that a copy's strokes are thickened or thinned (half each; a 3 x 3 max or min filter blended
+    half-way): 0 = off."""
+    distort_inputs: bool = False
+    """Also give the class loss's images the copies' distortion (on top of ``regularization.augment``)."""
+
+
+def distort(x: torch.Tensor, cfg: SiameseConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random copies of images (N, C, H, W) as handwriting varies: shift, rotation, scale, stretch and shear in
+    one affine map, then an elastic displacement and a thicker or thinner stroke (each part off at 0)."""
+    n, _, h, w = x.shape
+    u = (torch.rand(n, 6, generator=generator) * 2 - 1).to(x.device, x.dtype)
+    angle, scale = u[:, 0] * math.radians(cfg.view_rotation), 1 + cfg.view_scale * u[:, 1]
+    stretch = 1 + cfg.view_scale / 1.5 * u[:, 5]
+    cos, sin, one, zero = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    rotate = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    shear = torch.stack([torch.stack([one, cfg.view_shear * u[:, 2]], 1), torch.stack([zero, one], 1)], 1)
+    zoom = torch.diag_embed(torch.stack([scale * stretch, scale / stretch], 1))
+    move = torch.stack([u[:, 3] * (2 * cfg.view_shift / w), u[:, 4] * (2 * cfg.view_shift / h)], 1)
+    grid = F.affine_grid(torch.cat([rotate @ shear @ zoom, move[:, :, None]], 2), list(x.shape), align_corners=False)
+    if cfg.view_elastic:
+        offsets = torch.randn(n, 2, 4, 4, generator=generator).to(x.device, x.dtype) * cfg.view_elastic
+        grid = grid + F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    background = x.amin(dim=(1, 2, 3), keepdim=True)  # grid_sample fills with 0: work on x - background
+    out = F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros")
+    if cfg.view_thickness:
+        r = torch.rand(n, 1, 1, 1, generator=generator).to(x.device)
+        thick, thin = F.max_pool2d(out, 3, 1, 1), -F.max_pool2d(-out, 3, 1, 1)
+        out = torch.where(r < cfg.view_thickness / 2, (out + thick) / 2,
+                          torch.where(r > 1 - cfg.view_thickness / 2, (out + thin) / 2, out))
+    return out + background
 
 
 class EmbeddingNet(nn.Module):
@@ -142,22 +182,27 @@ class Siamese(Task):
         return torch.stack([-self.head((row[None] - b).abs()).squeeze(-1) for row in a])
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext):
-        x, labels = batch
+        loss = self.batch_loss(*batch, ctx)
+        ctx.backward(loss)
+        return {"loss": loss.detach()}
+
+    def batch_loss(self, x: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The class loss of one P x K batch, plus ``view_weight`` times the view loss."""
+        if self.cfg.distort_inputs:
+            x = distort(x, self.cfg)
         with ctx.autocast:
             emb = ctx.nets["embed"](x)
         total, count = self.objective(emb, labels, ctx.nets)
         loss = total / count.clamp(min=1)
         if self.cfg.view_weight:
             loss = loss + self.cfg.view_weight * self.view_loss(x, emb, ctx)
-        ctx.backward(loss)
-        return {"loss": loss.detach()}
+        return loss
 
     def view_loss(self, x: torch.Tensor, emb: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """The route's loss over the batch and a shifted / rotated copy, each image and its copy a class of two."""
-        from dl_ray.data.augment import shift_rotate
-
+        """The route's loss over the batch and a distorted copy (:func:`distort`), each image and its copy a class
+        of two."""
         with ctx.autocast:
-            copies = ctx.nets["embed"](shift_rotate(x, self.cfg.view_shift, self.cfg.view_rotation))
+            copies = ctx.nets["embed"](distort(x, self.cfg))
         ids = torch.arange(len(x), device=x.device).repeat(2)
         total, count = self.objective(torch.cat([emb, copies]), ids, ctx.nets)
         return total / count.clamp(min=1)

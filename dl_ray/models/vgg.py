@@ -29,21 +29,28 @@ class VGGConfig(ConvNetConfig):
     """Batch normalisation after every convolution (not in the paper; torchvision's vgg*_bn)."""
 
 
+def vgg_features(cfg: VGGConfig, c_in: int, side: int) -> tuple[nn.Sequential, int]:
+    """The convolution stages (torchvision's ``features``, same indices) and their output channels.
+
+    Shared with the style-transfer features (dl_ray/models/style_features.py), which take VGG-19's."""
+    big, layers = cfg.size == "imagenet", []
+    for stage, repeats in zip(STAGES, CONVS_PER_STAGE[cfg.depth]):
+        c_out = stage if big else scaled(stage, cfg.width)
+        for _ in range(repeats):
+            norm = [nn.BatchNorm2d(c_out)] if cfg.batch_norm else []
+            layers += [conv(c_in, c_out, 3, bias=True), *norm, nn.ReLU(inplace=True)]
+            c_in = c_out
+        # A skipped pooling stays as an Identity so later layers keep torchvision's indices.
+        layers.append(pool("max", 2) if big or side > 1 else nn.Identity())
+        side = out_size(side, 2, 2) if big or side > 1 else side
+    return nn.Sequential(*layers), c_in
+
+
 class VGG(ConvClassifier):
     def __init__(self, cfg: VGGConfig, io: ModelIO, dropout: float = 0.0):
         super().__init__(cfg, io)
         big = cfg.size == "imagenet"
-        layers, c_in, side = [], io.input_shape[0], min(io.input_shape[1:])
-        for stage, repeats in zip(STAGES, CONVS_PER_STAGE[cfg.depth]):
-            c_out = stage if big else scaled(stage, cfg.width)
-            for _ in range(repeats):
-                norm = [nn.BatchNorm2d(c_out)] if cfg.batch_norm else []
-                layers += [conv(c_in, c_out, 3, bias=True), *norm, nn.ReLU(inplace=True)]
-                c_in = c_out
-            # A skipped pooling stays as an Identity so later layers keep torchvision's indices.
-            layers.append(pool("max", 2) if big or side > 1 else nn.Identity())
-            side = out_size(side, 2, 2) if big or side > 1 else side
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = vgg_features(cfg, io.input_shape[0], min(io.input_shape[1:]))
         pooled, hidden = (7, HIDDEN) if big else (1, scaled(HIDDEN, cfg.width))
         self.avgpool = nn.AdaptiveAvgPool2d(pooled)
         self.classifier = nn.Sequential(

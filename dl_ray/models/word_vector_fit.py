@@ -8,6 +8,9 @@ C tool's and gensim's worker threads, so the two run on equal terms in benchmark
 from __future__ import annotations
 
 import torch
+# torch.optim imports torch._dynamo when the first optimizer is built (~1.5 s): import it once here, not inside
+# every forked worker's timed run
+import torch._dynamo  # noqa: F401
 
 from dl_ray.models.task import Task
 

@@ -7,7 +7,9 @@ replay, frames on its GPU, and samples it there). The driver owns the replay rat
 env step): it submits learner calls as env steps arrive and holds actors back when the learner falls more
 than ``max_update_lag`` calls behind. Weights go to the object store once per learner call and every actor
 reads that one copy at its next call (every K steps). A dead actor is replaced with the same index
-(same epsilon); the learner never waits on it. Ray appears only on the lines marked ``# [Ray]``.
+(same epsilon); the learner never waits on it. Ray appears only on the lines marked ``# [Ray]``. What the run
+prints and logs as it goes is :class:`~dl_ray.rl.progress.RunLog`'s; its evaluations are
+:class:`~dl_ray.rl.evaluations.Evaluations`'.
 
 ``actors.num_actors: 0`` runs this same loop in one process: ``self.ray`` is then :class:`~dl_ray.rl.inline.Inline`,
 which makes each call when the loop makes it (one env runner, the replay and the learner live in the driver).
@@ -16,21 +18,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dl_ray.rl.envs import EnvInfo, describe_env
+from dl_ray.rl.evaluations import Evaluations
 from dl_ray.rl.learner import Learner
 from dl_ray.rl.outputs import RunFolder
+from dl_ray.rl.plan import start_plan
+from dl_ray.rl.progress import RunLog
 from dl_ray.rl.replay import FrameReplay
-from dl_ray.rl.runner import EnvRunner, build_qnet, evaluate
+from dl_ray.rl.runner import EnvRunner, build_qnet
 from dl_ray.rl.spec import RLJobSpec, SpecError, parse_rl_spec
 from dl_ray.statuses import COMPLETED, STOPPED, status_fields
+from dl_ray.train.runner import folder_line
 
 
 def check(spec: RLJobSpec) -> EnvInfo:
@@ -100,11 +102,6 @@ def run(spec: RLJobSpec, console: Console, verbose: bool = False) -> dict[str, A
         raise RunError(explain_failure(e, spec.run_dir)) from e
 
 
-def eval_seed(spec: RLJobSpec, env_steps: int) -> int:
-    """The seed of the evaluation at ``env_steps`` (recorded in metrics.csv; ``dl-ray eval`` replays with it)."""
-    return spec.seed + 7_777 + env_steps
-
-
 class ReplayInLearner:
     """``replay.on_learner``: the learner's own replay, addressed like a replay shard actor."""
 
@@ -120,39 +117,44 @@ class DQNRun:
         self.ray, self.spec, self.info, self.console = ray, spec, info, console
         self.gpus = learner_gpus(spec, ray.cluster_resources())  # [Ray] before anything is written
         self.device = "cuda" if self.gpus else "cpu"
+        self.threads = max(1, math.ceil(spec.learner.num_cpus))
         self.folder = RunFolder(spec)
+        plan = start_plan(spec)  # before open(): it reads the folder as the dry run does
         saved = self.folder.open()
         self.counters = dict(saved["counters"]) if saved else {"env_steps": 0, "episodes": 0, "actor_restarts": 0}
-        self.returns: deque[float] = deque(maxlen=100)
-        self.last_eval: dict[str, float] = {}
-        r = spec.replay
-        self.threads = max(1, math.ceil(spec.learner.num_cpus))
         self.learner = ray.remote(Learner).options(num_cpus=spec.learner.num_cpus, num_gpus=self.gpus).remote(  # [Ray]
             spec, info, self.device, self.threads)
-        if r.on_learner:
-            self.shards = [ReplayInLearner(self.learner)]
-        else:
-            Shard = ray.remote(num_cpus=0)(FrameReplay)  # [Ray]
-            self.shards = [Shard.remote(r.capacity // r.shards, info.frame_shape, info.obs_dtype, info.stack, r.prioritized,
-                                        r.priority_alpha, spec.seed + s) for s in range(r.shards)]
+        self.shards = self._replay()
         restored = bool(saved and saved["replay"])
         if saved:
             ray.get([self.learner.load_state.remote(saved["learner"])]  # [Ray]
                     + [s.load_state.remote(state) for s, state in zip(self.shards, saved["replay"])])
-            console.print(f"resumed from {self.folder.checkpoint_dir} at env step {self.counters['env_steps']:,}"
-                          f"{' with its replay' if restored else ' (replay refills first)'}")
-        self.updates_done = self.updates_submitted = saved["learner"]["updates"] if saved else 0
-        self.base_updates = self.updates_done
+        self.updates_done = self.updates_submitted = self.base_updates = saved["learner"]["updates"] if saved else 0
         self.ready_at = self.counters["env_steps"] + (0 if restored else spec.dqn.learning_starts)
         self.weights = self.learner.weights.remote()  # [Ray] one put, read by every actor
-        self.evaluate = ray.remote(num_cpus=0)(evaluate)  # [Ray]
+        self.log = RunLog(spec, console, self.folder, self.counters, self.updates_done)
+        self.evals = Evaluations(ray, spec, info, self.folder, self.log)
         self.actors: dict[int, Any] = {}
         self.collecting: dict[Any, tuple[int, Any]] = {}  # stats ref -> (actor index, chunk ref)
         self.paused: list[int] = []
-        self.training: dict[Any, Any] = {}  # metrics ref -> priorities ref
-        self.evaluating: dict[Any, tuple[int, Any, float]] = {}  # eval ref -> (env steps, weights ref, start time)
-        self.best: dict[str, float] = {}
-        self.loss, self.q_mean, self.epsilons = float("nan"), float("nan"), {}
+        self.training: dict[Any, Any] = {}  # metrics ref -> the shard it sampled
+        self._header(plan)
+
+    def _replay(self) -> list[Any]:
+        r, info = self.spec.replay, self.info
+        if r.on_learner:
+            return [ReplayInLearner(self.learner)]
+        Shard = self.ray.remote(num_cpus=0)(FrameReplay)  # [Ray]
+        return [Shard.remote(r.capacity // r.shards, info.frame_shape, info.obs_dtype, info.stack, r.prioritized,
+                             r.priority_alpha, self.spec.seed + s) for s in range(r.shards)]
+
+    def _header(self, plan: str) -> None:
+        a, spec = self.spec.actors, self.spec
+        layout = (f"one process ({a.envs_per_actor} envs, {self.threads} torch threads)" if a.one_process
+                  else f"{a.num_actors} actors x {a.envs_per_actor} envs")
+        self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {layout}, learner on {self.device}",
+                           soft_wrap=True)
+        self.console.print(folder_line(self.folder.dir, plan), highlight=False, soft_wrap=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -162,41 +164,38 @@ class DQNRun:
         for i in range(spec.actors.runners):
             self._start_actor(i)
             self._collect(i)
-        next_log, next_ckpt = self._next(c["env_steps"], spec.dqn.log_every_env_steps), self._next(c["env_steps"], spec.checkpoint.every_env_steps)
+        next_ckpt = self._next(c["env_steps"], spec.checkpoint.every_env_steps)
         every_eval = spec.evaluation.every_env_steps
         next_eval = self._next(c["env_steps"], every_eval) if every_eval else None
-        a = spec.actors
-        layout = (f"one process ({a.envs_per_actor} envs, {self.threads} torch threads)" if a.one_process
-                  else f"{a.num_actors} actors x {a.envs_per_actor} envs")
-        self.console.print(f"[bold]{spec.name}[/]: DQN on {spec.env.id}, {layout}, learner on {self.device} → "
-                           f"{self.folder.dir}", soft_wrap=True)
-        self.t0, self.mark = time.monotonic(), (time.monotonic(), c["env_steps"], self.updates_done)
+        self.t0 = time.monotonic()
+        self.log.start()
         self.collecting_since: float | None = None  # dqn.max_time_s counts from here
         self.start_steps = c["env_steps"]
-        with self._progress() as bar:
+        with self.log.progress_bar() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
             while c["env_steps"] < total and not self._out_of_time():
                 self._submit_updates()
                 self._wait_and_handle()
-                if c["env_steps"] >= next_log or self._progress_due():
-                    next_log = self._next(c["env_steps"], spec.dqn.log_every_env_steps)
-                    self._log_row(bar)
+                if self.log.due():
+                    self.log.row(self.updates_done)
                 if next_eval is not None and total > c["env_steps"] >= next_eval:  # the last one is the final eval
                     next_eval = self._next(c["env_steps"], every_eval)
-                    self._evaluate()
+                    self.evals.submit(c["env_steps"], self.weights)
                 if c["env_steps"] >= next_ckpt:
                     next_ckpt = self._next(c["env_steps"], spec.checkpoint.every_env_steps)
                     self._checkpoint()
-                bar.update(task, completed=min(c["env_steps"], total), stats=self._stats_text())
+                bar.update(task, completed=min(c["env_steps"], total), stats=self.log.stats_text(self.updates_done))
+        return self._end()
+
+    def _end(self) -> dict[str, Any]:
+        """The owed updates, a last row and checkpoint, the final evaluation (and video), the summary."""
         self._catch_up()
-        if self.mark[1] != c["env_steps"]:
-            self._log_row(None)
+        if self.log.mark[1] != self.counters["env_steps"]:
+            self.log.row(self.updates_done)
         self._checkpoint()
-        for ref in list(self.evaluating):
-            self._eval_done(ref)
-        self._eval_done(self._evaluate(final=True), final=True)
-        if spec.evaluation.video:
-            self._record_video()
+        self.evals.final(self.counters["env_steps"], self.weights)
+        if self.spec.evaluation.video:
+            self.evals.video(self.counters["env_steps"], self.weights)
         return self._finish()
 
     def _out_of_time(self) -> bool:
@@ -210,18 +209,13 @@ class DQNRun:
             return False
         return time.monotonic() - self.collecting_since >= limit
 
-    def _progress_due(self) -> bool:
-        """dqn.progress_every_s passed since the last row, and env steps came in since (no repeated rows)."""
-        t, steps, _ = self.mark
-        return time.monotonic() - t >= self.spec.dqn.progress_every_s and self.counters["env_steps"] > steps
-
     @staticmethod
     def _next(now: int, every: int) -> int:
         return (now // every + 1) * every
 
     def _wait_and_handle(self) -> None:
         ray = self.ray
-        pending = list(self.collecting) + list(self.training) + list(self.evaluating)
+        pending = list(self.collecting) + list(self.training) + list(self.evals.pending)
         ready, _ = ray.wait(pending, num_returns=1, timeout=1.0)  # [Ray]
         for ref in ready:
             if ref in self.collecting:
@@ -229,7 +223,8 @@ class DQNRun:
             elif ref in self.training:
                 self._training_done(ref)
             else:
-                self._eval_done(ref)
+                self.evals.done(ref)
+        self.evals.poll()
         if self.paused and not self._learner_behind():
             for i in self.paused:
                 self._collect(i)
@@ -254,7 +249,7 @@ class DQNRun:
             stats = self.ray.get(ref)  # [Ray]
         except self.ray.exceptions.RayActorError as e:  # [Ray] the actor died: replace it, same index and epsilon
             self.counters["actor_restarts"] += 1
-            self.console.print(f"actor {i} died ({type(e).__name__}); restarted it "
+            self.log.print(f"actor {i} died ({type(e).__name__}); restarted it "
                                f"({self.counters['actor_restarts']} restarts so far)")
             self._start_actor(i)
             self._collect(i)
@@ -262,8 +257,7 @@ class DQNRun:
         self.shards[i % len(self.shards)].add.remote(chunk)  # [Ray] the chunk never visits the driver
         self.counters["env_steps"] += stats["steps"]
         self.counters["episodes"] += len(stats["episodes"])
-        self.returns.extend(ret for ret, _ in stats["episodes"])
-        self.epsilons[i] = stats["epsilon"]
+        self.log.chunk(i, stats)
         if self._learner_behind():
             self.paused.append(i)
         else:
@@ -301,7 +295,7 @@ class DQNRun:
         m = self.ray.get(ref)  # [Ray]
         if m["updates"] <= self.updates_done:  # ray.wait may report two finished calls out of order
             return
-        self.updates_done, self.loss, self.q_mean = m["updates"], m["loss"], m["q_mean"]
+        self.updates_done, self.log.loss, self.log.q_mean = m["updates"], m["loss"], m["q_mean"]
         self.weights = self.learner.weights.remote()  # [Ray] fresh weights for the actors' next calls
 
     def _catch_up(self) -> None:
@@ -313,69 +307,7 @@ class DQNRun:
             ready, _ = self.ray.wait(list(self.training), num_returns=1)  # [Ray]
             self._training_done(ready[0])
 
-    # ------------------------------------------------------------------ evaluation, logging, checkpoints
-
-    def _evaluate(self, final: bool = False) -> Any:
-        e, steps = self.spec.evaluation, self.counters["env_steps"]
-        seed = eval_seed(self.spec, steps)
-        if self.spec.actors.one_process or final:  # the run waits for this one: say so
-            self.console.print(f"evaluating at {steps:,} env steps: {e.episodes} episodes, seed {seed}…", highlight=False)
-        ref = self.evaluate.remote(self.spec, self.info, self.weights, e.episodes, e.epsilon, seed,  # [Ray]
-                                   self.spec.actors.env_threads)
-        self.evaluating[ref] = (steps, self.weights, time.monotonic())
-        return ref
-
-    def _eval_done(self, ref: Any, final: bool = False) -> None:
-        steps, weights, started = self.evaluating.pop(ref)
-        result = self.ray.get(ref) | {"eval/seed": eval_seed(self.spec, steps)}  # [Ray]
-        self.last_eval = result
-        self.folder.log({"env_steps": steps, **result})
-        if result["eval/return_mean"] > self.best.get("best_eval/return_mean", -np.inf):
-            self.best = {"best_eval/return_mean": result["eval/return_mean"], "best_eval/env_steps": steps,
-                         "best_eval/seed": result["eval/seed"]}
-            torch.save(self.ray.get(weights) | {"env_steps": steps}, self.folder.dir / "best_weights.pt")  # [Ray]
-        self.console.print(f"evaluation at {steps:,} env steps: return {result['eval/return_mean']:.2f} "
-                           f"± {result['eval/return_std']:.2f} over {result['eval/episodes']} episodes "
-                           f"(seed {result['eval/seed']}, {time.monotonic() - started:.0f} s)"
-                           + (" (final)" if final else ""), highlight=False)
-
-    def _record_video(self) -> None:
-        from dl_ray.rl.video import record_episode
-
-        task = self.ray.remote(num_cpus=0)(record_episode)  # [Ray]
-        gif, result = self.ray.get(task.remote(self.spec, self.info, self.weights, self.spec.seed + 9_999))  # [Ray]
-        path = self.folder.dir / "eval_episode.gif"
-        path.write_bytes(gif)
-        self.folder.log_video(path, self.counters["env_steps"], result)
-        self.last_eval |= result
-        self.console.print(f"video of one evaluation game (return {result['video/return']:.0f}, "
-                           f"{result['video/steps']:,} steps) → {path}", highlight=False)
-
-    def _rates(self) -> dict[str, float]:
-        now, (t, steps, updates) = time.monotonic(), self.mark
-        dt = max(now - t, 1e-6)
-        return {"sps": (self.counters["env_steps"] - steps) / dt, "updates_per_s": (self.updates_done - updates) / dt}
-
-    def _stats_text(self) -> str:
-        r = self._rates()
-        recent = f"{np.mean(self.returns):.1f}" if self.returns else "–"
-        eps = np.mean(list(self.epsilons.values())) if self.epsilons else float("nan")
-        fps = r["sps"] * (self.spec.env.frame_skip if self.spec.env.is_atari else 1)
-        replay = min(self.counters["env_steps"], self.spec.replay.capacity)
-        return (f"{fps / 1000:.1f}k fps │ {r['updates_per_s']:.0f} upd/s │ {self.counters['episodes']} ep │ "
-                f"return {recent} │ ε {eps:.3f} │ replay {replay / 1000:.0f}k")
-
-    def _log_row(self, bar: Progress | None) -> None:
-        c, r = self.counters, self._rates()
-        row = {"env_steps": c["env_steps"], "updates": self.updates_done, "episodes": c["episodes"],
-               "episodic_return": float(np.mean(self.returns)) if self.returns else None,
-               "loss": self.loss, "q_mean": self.q_mean, "sps": r["sps"], "updates_per_s": r["updates_per_s"],
-               "epsilon": float(np.mean(list(self.epsilons.values()))) if self.epsilons else None,
-               "actor_restarts": c["actor_restarts"], "time_s": time.monotonic() - self.t0}
-        self.folder.log({k: v for k, v in row.items() if v is not None and v == v})
-        line = f"{c['env_steps']:>9,} steps │ {self._stats_text()}"
-        self.mark = (time.monotonic(), c["env_steps"], self.updates_done)
-        (bar.console if bar else self.console).print(line, highlight=False, soft_wrap=True)
+    # ------------------------------------------------------------------ checkpoints and the end
 
     def _checkpoint(self) -> None:
         ray = self.ray
@@ -385,21 +317,21 @@ class DQNRun:
 
     def _finish(self) -> dict[str, Any]:
         replay = self.ray.get([s.stats.remote() for s in self.shards])  # [Ray]
-        frames = sum(s["frames"] for s in replay)
+        best = self.evals.best
         summary = {**self._status(), "kind": "dqn", "env": self.spec.env.id, **self.counters,
                    "updates": self.updates_done, "time_s": time.monotonic() - self.t0,
-                   "recent_return": float(np.mean(self.returns)) if self.returns else None,
-                   "replay_frames": frames, "replay_bytes_per_slot": sum(s["bytes"] for s in replay) / self.spec.replay.capacity,
-                   **self.last_eval, **self.best}
+                   "recent_return": self.log.recent_return(), "replay_frames": sum(s["frames"] for s in replay),
+                   "replay_bytes_per_slot": sum(s["bytes"] for s in replay) / self.spec.replay.capacity,
+                   **self.evals.last, **best}
         for actor in self.actors.values():
             self.ray.kill(actor)  # [Ray]
+        self.evals.close()
         self.folder.finish(summary)
-        b = self.best
-        best = (f" (best {b['best_eval/return_mean']:.2f} at {b['best_eval/env_steps']:,} env steps: best_weights.pt)"
-                if b and b["best_eval/env_steps"] != summary["env_steps"] else "")
+        kept = (f" (best {best['best_eval/return_mean']:.2f} at {best['best_eval/env_steps']:,} env steps: "
+                f"best_weights.pt)" if best and best["best_eval/env_steps"] != summary["env_steps"] else "")
         why = f" (stopped: {summary['stop_reason']})" if "stop_reason" in summary else ""
         self.console.print(f"done: {summary['env_steps']:,} env steps{why}, {summary['updates']:,} updates, "
-                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f}{best} → {self.folder.dir}",
+                           f"eval return {summary.get('eval/return_mean', float('nan')):.2f}{kept} → {self.folder.dir}",
                            soft_wrap=True, highlight=False)
         return summary
 
@@ -410,8 +342,3 @@ class DQNRun:
             return status_fields(COMPLETED)
         return status_fields(STOPPED, f"max_time_s ({self.spec.dqn.max_time_s:g} s) at {100 * steps / total:.1f} % "
                                       f"of {total:,} env steps")
-
-    def _progress(self) -> Progress:
-        return Progress(TextColumn("dqn"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[stats]}"), console=self.console, transient=True,
-                        disable=not self.console.is_terminal)  # logs and pipes get the printed lines only

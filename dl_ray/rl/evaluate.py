@@ -17,9 +17,10 @@ import torch
 import yaml
 from rich.console import Console
 
-from dl_ray.rl.driver import eval_seed
+from dl_ray.rl.evaluations import eval_seed
 from dl_ray.rl.envs import describe_env
 from dl_ray.rl.outputs import load_checkpoint
+from dl_ray.rl.progress import eval_progress_line
 from dl_ray.rl.runner import Weights, evaluate
 from dl_ray.rl.spec import RLJobSpec, SpecError, load_rl_spec, parse_rl_spec
 
@@ -68,7 +69,8 @@ def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | Non
             raise SpecError("eval: --epsilon, --weights and --video are for DQN runs; a Q-learning run plays its greedy table")
         result, what = _play_table(spec, run_dir, episodes or spec.q_learning.eval_episodes, seed)
     else:
-        result, what, seed = _play_dqn(spec, run_dir, episodes or spec.evaluation.episodes, seed, epsilon, weights, video)
+        result, what, seed = _play_dqn(spec, run_dir, episodes or spec.evaluation.episodes, seed, epsilon, weights, video,
+                                       console)
     out = run_dir / f"eval_{result['weights']}.json"
     out.write_text(json.dumps(result | {"seed": seed}, indent=1))
     line = f"{spec.name}: {what}: return {result['eval/return_mean']:.2f}"
@@ -91,16 +93,20 @@ def _play_table(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int) -> tup
 
 
 def _play_dqn(spec: RLJobSpec, run_dir: Path, episodes: int, seed: int | None, epsilon: float | None, weights: str,
-              video: bool) -> tuple[dict[str, Any], str, int]:
+              video: bool, console: Console) -> tuple[dict[str, Any], str, int]:
     """Play the weights; the default seed is that of the run's evaluation of these weights (the best one, or the
-    final one for the last checkpoint), so the figures are that evaluation's."""
+    final one for the last checkpoint), so the figures are that evaluation's. Progress every dqn.progress_every_s."""
     if video and not spec.env.is_atari:
         raise SpecError(f"eval: --video records Atari games (ALE/...); {spec.env.id} has no video here")
     epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
     state, info = load_weights_file(run_dir, weights), describe_env(spec.env)
     if seed is None:
         seed = eval_seed(spec, state["env_steps"]) if "env_steps" in state else spec.seed + 1
-    result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1)  # one thread, as the run's own evaluations
+    def progress(p: dict[str, float]) -> None:
+        console.print(eval_progress_line(f"{spec.name}: evaluating {weights} weights", p), highlight=False, soft_wrap=True)
+
+    result = evaluate(spec, info, state, episodes, epsilon, seed, threads=1,  # one thread, as the run's own evaluations
+                      progress=progress)
     result |= {"weights": weights, "eval/epsilon": epsilon}
     if video:
         from dl_ray.rl.video import record_episode

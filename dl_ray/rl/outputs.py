@@ -72,7 +72,7 @@ class RunFolder:
 
     def finish(self, summary: dict[str, Any]) -> None:
         write_summary(self.dir, summary)
-        plot_returns(self.dir / "metrics.csv", self.dir / "curves.png")
+        plot_curves(self.dir / "metrics.csv", self.dir / "curves.png")
         if self.wandb:
             self.wandb.finish({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
 
@@ -87,8 +87,23 @@ def load_checkpoint(run_dir: Path, replay: bool = True) -> dict[str, Any] | None
     return None
 
 
-def plot_returns(csv_path: Path, png: Path) -> None:
-    """Training episodic return and evaluation return against env steps."""
+def has_saved_replay(run_dir: Path) -> bool:
+    """The last checkpoint holds the replay's contents (replay.save_in_checkpoint)."""
+    for folder in (run_dir / "checkpoint", run_dir / "checkpoint.old"):  # the one load_checkpoint reads
+        if (folder / "state.pt").is_file():
+            return any(folder.glob("replay_*.npz"))
+    return False
+
+
+# curves.png: one panel per quantity, each with the metrics.csv columns drawn in it (panels the run lacks are left out)
+PANELS = (("return", (("episodic_return", "training (last 100 episodes, raw)"), ("eval/return_mean", "evaluation"))),
+          ("TD loss", (("loss", None),)), ("ε (mean over actors)", (("epsilon", None),)),
+          ("env steps/s", (("sps", None),)))
+
+
+def plot_curves(csv_path: Path, png: Path) -> dict[str, int]:
+    """Return (training episodes and evaluations), TD loss, ε and env steps/s against env steps, from the rows the
+    run logs every dqn.progress_every_s seconds; the number of points of each line drawn, by column."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,20 +111,29 @@ def plot_returns(csv_path: Path, png: Path) -> None:
     import pandas as pd
 
     if not csv_path.is_file():
-        return
+        return {}
     df = pd.read_csv(csv_path)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for column, label in (("episodic_return", "training episodes (raw return)"), ("eval/return_mean", "evaluation")):
-        if column in df:
+    panels = [(title, [(c, label) for c, label in lines if c in df and df[c].notna().any()]) for title, lines in PANELS]
+    panels = [(title, lines) for title, lines in panels if lines]
+    if not panels:
+        return {}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels) + 0.6), sharex=True, squeeze=False)
+    drawn = {}
+    for ax, (title, lines) in zip(axes[:, 0], panels):
+        for column, label in lines:
             part = df[["env_steps", column]].dropna()
-            ax.plot(part["env_steps"], part[column], marker="o" if column.startswith("eval") else None, label=label)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("return")
-    ax.legend()
-    ax.grid(alpha=0.3)
+            ax.plot(part["env_steps"], part[column], marker="o" if column.startswith("eval") or len(part) < 20 else None,
+                    markersize=3, label=label)
+            drawn[column] = len(part)
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("env steps")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+    return drawn
 
 
 def _read_rows(path: Path, until: int) -> list[dict[str, Any]]:

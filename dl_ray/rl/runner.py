@@ -8,6 +8,8 @@ no Ray here.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -121,20 +123,25 @@ class EnvRunner:
         return newest_frames(obs, self.info.stack).copy(), actions, reward, done, start
 
 
+EvalProgress = Callable[[dict[str, float]], None]
+"""Called while an evaluation plays, every ``dqn.progress_every_s``: ``{"done": games finished, "episodes": games,
+"return_mean": mean return of the finished ones (nan before the first), "elapsed_s": seconds}``."""
+
+
 def evaluate(spec: RLJobSpec, info: EnvInfo, weights: Weights, episodes: int, epsilon: float, seed: int,
-             threads: int = 1) -> dict[str, float]:
+             threads: int = 1, progress: EvalProgress | None = None) -> dict[str, float]:
     """Play ``episodes`` whole games at once (one per env, raw rewards, no-op starts); mean/std of returns.
     Runs on ``threads`` torch threads (the same seed gives the same figures) and restores the caller's."""
     caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _play(spec, info, weights, episodes, epsilon, seed, threads)
+        return _play(spec, info, weights, episodes, epsilon, seed, threads, progress)
     finally:
         torch.set_num_threads(caller_threads)
 
 
 def _play(spec: RLJobSpec, info: EnvInfo, weights: Weights, episodes: int, epsilon: float, seed: int,
-          threads: int) -> dict[str, float]:
+          threads: int, progress: EvalProgress | None) -> dict[str, float]:
     env = make_vector_env(spec.env, episodes, num_threads=threads)
     obs, _ = env.reset(seed=seed)
     net = build_qnet(spec, info).eval()
@@ -142,11 +149,17 @@ def _play(spec: RLJobSpec, info: EnvInfo, weights: Weights, episodes: int, epsil
     rng = np.random.default_rng(seed)
     returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     running = np.ones(episodes, dtype=bool)
+    started = last = time.monotonic()
     while running.any():
         obs, reward, terminated, truncated, _ = env.step(greedy_actions(net, obs, epsilon, rng))
         returns += reward * running
         lengths += running
         running &= ~(terminated | truncated)
+        if progress is not None and time.monotonic() - last >= spec.dqn.progress_every_s and running.any():
+            last = time.monotonic()
+            finished = returns[~running]
+            progress({"done": int(len(finished)), "episodes": episodes, "elapsed_s": last - started,
+                      "return_mean": float(finished.mean()) if len(finished) else float("nan")})
     env.close()
     return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
             "eval/length_mean": float(lengths.mean()), "eval/episodes": episodes}

@@ -120,7 +120,8 @@ class Worker:
         spec, cfg_t = self.spec, self.spec.training
 
         torch.manual_seed(cfg_t.seed)
-        self.data: DataBundle = build_data(spec.data)
+        shipped = self.ray.shipped_data(config.get("data"))  # [Ray] [launch] the driver's bundle, when it sent one
+        self.data: DataBundle = shipped if shipped is not None else build_data(spec.data)
         self.task: Task = build_model(spec.model, self.data.io, spec.regularization.dropout)
         specs = optimizer_specs(self.task.optimizer_names, spec.optimizer, spec.optimizers, spec.model.name)
         self.optimizers = make_optimizers(self.task, specs, spec.regularization.l2)

@@ -215,7 +215,24 @@ def _trainer(spec: JobSpec, local: bool, direction: str):
 
         events = Queue(maxsize=1000, actor_options={"num_cpus": 0})
     loop_config = {"spec": spec.to_dict(), "run_dir": str(spec.run_dir), "local_mode": local, "progress": events}
+    if not local:
+        loop_config["data"] = ship_data(spec)
     return torch_trainer(spec, loop_config, direction, local=local), events
+
+
+def ship_data(spec: JobSpec):
+    """[launch] The bundle ``check`` built (cached), put into Ray's object store once: the workers take it instead of
+    reading and parsing the dataset again before their first step (benchmarks/README.md, launch). Only in-memory
+    tensors (a plain DataBundle): families whose bundles make data per epoch or rank build their own. None = not
+    shipped."""
+    from dl_ray.data import DataBundle
+
+    data = build_data(spec.data)
+    if type(data) is not DataBundle:
+        return None
+    import ray
+
+    return ray.put(data)
 
 
 def torch_trainer(spec: JobSpec, loop_config: dict[str, Any], direction: str, local: bool = False, callbacks=()):

@@ -37,6 +37,12 @@ class TrainSession:
 
         return ray.train.get_checkpoint()
 
+    def shipped_data(self, ref):
+        """The driver's data bundle from the object store (``runner.ship_data``), or None when it sent none."""
+        import ray
+
+        return ray.get(ref) if ref is not None else None
+
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 

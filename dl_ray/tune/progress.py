@@ -88,7 +88,7 @@ class SweepDisplay:
         if self.live is None:
             tune, last = self.sweep.tune, trial.last_result or {}
             how = trial_outcome("ERROR" if error else "TERMINATED", last,
-                                self.sweep.job.training.epochs, tune.trial == "evaluate")
+                                self.sweep.job.training.epochs, self.sweep.reports_once)
             params = " ".join(f"{short(k)}={num(v)}" for k, v in trial.config.items())
             value = last.get(tune.metric)
             shown = f"{tune.metric}={num(value)}" if value is not None else ""
@@ -105,7 +105,7 @@ class SweepDisplay:
         rows = []
         for t in self.trials:
             last = t.last_result or {}
-            status = trial_outcome(t.status, last, self.sweep.job.training.epochs, tune.trial == "evaluate")
+            status = trial_outcome(t.status, last, self.sweep.job.training.epochs, self.sweep.reports_once)
             rows.append([t.trial_id.rsplit("_", 1)[-1], status, *(num(t.config.get(k, "")) for k in keys),
                          str(last.get("epoch", "")), num(last[tune.metric]) if tune.metric in last else ""])
         table, _ = fit_table(columns, rows, self.console.width, right=columns[2:],

@@ -19,9 +19,8 @@ import yaml
 from rich.console import Console
 
 from dl_ray.fmt import fit_table, num
-from dl_ray.spec import parse_spec
 from dl_ray.tune.progress import short, trial_outcome
-from dl_ray.tune.spec import SETTINGS, Sweep, set_path
+from dl_ray.tune.spec import SETTINGS, Sweep, parse_job, set_path
 
 FINISHED = ("completed", "early_stopped", "stopped")
 COLOURS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped": "tab:orange", "nonfinite_loss": "tab:purple",
@@ -62,7 +61,7 @@ def finished_rows(trials: list[Any], sweep: Sweep) -> list[dict[str, Any]]:
 
 def trial_row(sweep: Sweep, name: str, status: str, last: dict[str, Any], config: dict[str, Any],
               frame: pd.DataFrame | None, train_s: float, error: str) -> dict[str, Any]:
-    row = {"trial": name, "status": trial_outcome(status, last, sweep.job.training.epochs, sweep.tune.trial == "evaluate"),
+    row = {"trial": name, "status": trial_outcome(status, last, sweep.job.training.epochs, sweep.reports_once),
            "epochs": last.get("epoch", "")}
     row |= {key: config.get(key) for key in sweep.space}
     row[sweep.tune.metric] = last.get(sweep.tune.metric)
@@ -129,7 +128,7 @@ def write_best(best: dict[str, Any], sweep: Sweep, path: Path) -> dict[str, Any]
     raw["name"] = f"{sweep.name}_best"
     raw["description"] = winner_description(best, sweep)
     raw.get("storage", {}).pop("name", None)
-    parse_spec(raw)  # what we write must be a valid job
+    parse_job(raw)  # what we write must be a valid job
     header = f"# Best trial {best['trial']} of sweep {sweep.name}: {sweep.tune.metric} = {num(best[sweep.tune.metric])}\n"
     if sweep.tune.trial == "evaluate":
         header += _evaluate_header(best, sweep, path)
@@ -143,7 +142,9 @@ def winner_description(best: dict[str, Any], sweep: Sweep) -> str:
     """The base job's description named a schedule or rate the winner may not use: say what the winner is."""
     job = sweep.job
     values = ", ".join(f"{short(k)} {num(best[k])}" for k in sweep.space)
-    what = f"{job.model.name} on {job.data.name}, best of sweep {sweep.name} ({sweep.tune.metric} {num(best[sweep.tune.metric])}): {values}"
+    subject = (f"style transfer of {job.content} in the style of {job.style}" if job.kind == "style_transfer"
+               else f"{job.model.name} on {job.data.name}")  # style transfer (dl_ray/style) has no model or data
+    what = f"{subject}, best of sweep {sweep.name} ({sweep.tune.metric} {num(best[sweep.tune.metric])}): {values}"
     if sweep.tune.scheduler.name == "pbt" and any(best.get(f"start/{k}") != best[k] for k in sweep.space):
         starts = ", ".join(f"{short(k)} {num(best[f'start/{k}'])}" for k in sweep.space)
         what += f" (PBT: its values at the end; it started with {starts} and took other trials' weights on the way)"
@@ -328,7 +329,11 @@ def write_outputs(grid, trials: dict[str, Any], sweep: Sweep, console: Console, 
         from dl_ray.experiments import write_comparison
 
         write_comparison(rows, sweep, console)
-    written = [n for n in ("results.csv", "summary.json", "best.yaml", "params.png", "curves.png", "exploits.csv")
+    if sweep.job.kind == "style_transfer":  # style transfer (dl_ray/style): every trial's result in one picture
+        from dl_ray.style.sweep import write_grid
+
+        write_grid(rows, sweep, folder / "grid.png")
+    written = [n for n in ("results.csv", "summary.json", "best.yaml", "params.png", "curves.png", "exploits.csv", "grid.png")
                if (folder / n).is_file()]
     console.print(f"sweep folder: {folder}  ({', '.join(written)}, one run folder per trial)", highlight=False)
     return rows, best, reason

@@ -189,11 +189,20 @@ class Sweep:
     def folder(self) -> Path:
         return Path(self.job.storage.path).absolute() / self.name
 
+    @property
+    def reports_once(self) -> bool:
+        """Trials report once, at their end: evaluate trials, and style transfer's optimisations (dl_ray/style)."""
+        return self.tune.trial == "evaluate" or self.job.kind == "style_transfer"
+
     def trial_spec(self, params: dict[str, Any]) -> dict[str, Any]:
         """The base job with one trial's sampled values (settings.* excluded)."""
         raw = copy.deepcopy(self.job_raw)
         raw["storage"] = {**raw.get("storage", {}), "path": str(Path(self.job.storage.path).absolute())}
-        if getattr(self.job.data, "path", None):  # trials run in their own folder: paths must be absolute
+        if self.job.kind == "style_transfer":  # style transfer (dl_ray/style): its image files, made absolute
+            from dl_ray.style.spec import absolute_paths
+
+            absolute_paths(raw)
+        elif getattr(self.job.data, "path", None):  # trials run in their own folder: paths must be absolute
             raw["data"]["path"] = str(Path(self.job.data.path).absolute())
         for path, value in params.items():
             if not path.startswith(SETTINGS):
@@ -234,7 +243,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     raw.pop("base", None)
     job_raw = merge_job(base, raw)
     job_raw["name"] = name
-    job = parse_spec(job_raw)
+    job = parse_job(job_raw)
     space = {key: parse_distribution(f"tune.space.{key}", value) for key, value in tune.space.items()}
     sweep = Sweep(name, job, job_raw, tune, space, checkpoint)
     check_space(sweep)
@@ -275,14 +284,15 @@ def check_space(sweep: Sweep) -> None:
             for value in dist.values_to_check():
                 _check_settings(settings_model, {key.removeprefix(SETTINGS): value})
             continue
-        if key.split(".")[0] not in SWEEPABLE:
+        sweepable = getattr(sweep.job, "sweepable", SWEEPABLE)  # style transfer: its own sections (dl_ray/style)
+        if key.split(".")[0] not in sweepable:
             extra = f" or {SETTINGS}<evaluator setting>" if settings_model is not None else ""
-            raise SpecError(f"tune.space.{key}: cannot be swept; sweepable sections: {', '.join(SWEEPABLE)}{extra}")
+            raise SpecError(f"tune.space.{key}: cannot be swept; sweepable sections: {', '.join(sweepable)}{extra}")
         for value in dist.values_to_check():
             raw = copy.deepcopy(sweep.job_raw)
             try:
                 set_path(raw, key, value)
-                parse_spec(raw)
+                parse_job(raw)
             except SpecError as e:
                 text = str(e)
                 raise SpecError(f"tune.space.{text}" if text.startswith(key) else f"tune.space.{key}={value!r}: {text}") from None
@@ -294,10 +304,19 @@ def check_space(sweep: Sweep) -> None:
     for _ in range(64):  # fields that are valid alone may clash together (step decay needs decay_rate < 1)
         params = {key: dist.sample(rng) for key, dist in sweep.space.items()}
         try:
-            parse_spec(sweep.trial_spec(params))
+            parse_job(sweep.trial_spec(params))
         except SpecError as e:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
             raise SpecError(f"tune.space: the sampled combination {shown} is not a valid job: {e}") from None
+
+
+def parse_job(raw: dict[str, Any]) -> JobSpec:
+    """The swept job: a training job, or a style-transfer job (dl_ray/style, which has no model or data)."""
+    if raw.get("kind") == "style_transfer":
+        from dl_ray.style.spec import parse_style
+
+        return parse_style(raw)
+    return parse_spec(raw)
 
 
 def _check_settings(model: type[BaseModel], values: dict[str, Any]) -> None:

@@ -19,8 +19,8 @@ import ray.tune
 import torch
 import yaml
 
-from dl_ray.spec import JobSpec, parse_spec
-from dl_ray.tune.spec import SETTINGS, set_path
+from dl_ray.spec import JobSpec
+from dl_ray.tune.spec import SETTINGS, parse_job, set_path
 
 
 def trial_folder_name(sweep_name: str, trial_id: str) -> str:
@@ -38,7 +38,7 @@ def trial_job(config: dict[str, Any], plan: dict[str, Any]) -> tuple[JobSpec, Pa
     raw["storage"] = {**raw.get("storage", {}), "path": plan["folder"], "name": name}
     if plan.get("checkpoint_every_epoch"):  # PBT exploits the latest checkpoint of the top trials
         raw.setdefault("training", {})["checkpoint_every"] = 1
-    spec = parse_spec(raw)
+    spec = parse_job(raw)  # a training job, or a style-transfer one (dl_ray/style)
     return spec, spec.run_dir
 
 
