@@ -18,7 +18,10 @@ def shift_rotate(x: torch.Tensor, max_shift: int, max_rotation: float, generator
     cos, sin = torch.cos(angle), torch.sin(angle)
     tx, ty = u[:, 1] * (2 * max_shift / w), u[:, 2] * (2 * max_shift / h)
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return warp(x, F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False))
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``x`` sampled at ``grid``; pixels from outside take each image's minimum (its background), not 0."""
     background = x.amin(dim=(1, 2, 3), keepdim=True)
-    out = F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros")
-    return out + background
+    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background

@@ -1,7 +1,7 @@
 """Real text that the package registries carry, for language models and word embeddings.
 
 Offline, the corpus is gensim's Wikipedia test sample: 106 English articles (about 453 k words) shipped inside
-the gensim wheel, so every machine and CI run reads the same real text without a download. Online, text8 and
+the gensim wheel, so every machine reads the same real text without a download. Online, text8 and
 WikiText-2/-103 are read from a path (:func:`read_text8`, :func:`read_wikitext`).
 """
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import nn
 from torchmetrics import Metric
 
+from dl_ray.data.augment import warp
 from dl_ray.models import metric_losses as ml
 from dl_ray.models.base import ModelConfig, ModelIO
 from dl_ray.models.lenet import LeNet5, LeNetConfig
@@ -96,14 +97,13 @@ def distort(x: torch.Tensor, cfg: SiameseConfig, generator: torch.Generator | No
     if cfg.view_elastic:
         offsets = torch.randn(n, 2, 4, 4, generator=generator).to(x.device, x.dtype) * cfg.view_elastic
         grid = grid + F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
-    background = x.amin(dim=(1, 2, 3), keepdim=True)  # grid_sample fills with 0: work on x - background
-    out = F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros")
+    out = warp(x, grid)
     if cfg.view_thickness:
         r = torch.rand(n, 1, 1, 1, generator=generator).to(x.device)
         thick, thin = F.max_pool2d(out, 3, 1, 1), -F.max_pool2d(-out, 3, 1, 1)
         out = torch.where(r < cfg.view_thickness / 2, (out + thick) / 2,
                           torch.where(r > 1 - cfg.view_thickness / 2, (out + thin) / 2, out))
-    return out + background
+    return out
 
 
 class EmbeddingNet(nn.Module):

@@ -153,10 +153,6 @@ class StyleTransferSpec(RunFolder, Section):
         return list(dict.fromkeys([self.costs.content_layer, *self.costs.style_layers]))
 
 
-def is_style_job(raw: Any) -> bool:
-    return isinstance(raw, dict) and raw.get("kind") == KIND
-
-
 def parse_style(raw: dict[str, Any]) -> StyleTransferSpec:
     """A style-transfer job as a dict, validated; every problem is one SpecError line."""
     kinds.require(raw, "train")
