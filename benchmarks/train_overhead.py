@@ -1,12 +1,13 @@
 """Overhead of the generic loop (the task interface) against a plain PyTorch loop, and launch-to-first-step times.
 
-    python benchmarks/train_overhead.py [--epochs 6] [--rounds 3] [--job jobs/cnn/resnet_mnist.yaml --no-launch]
+    python benchmarks/train_overhead.py [--epochs 6] [--rounds 5] [--job jobs/cnn/resnet_mnist.yaml --no-launch]
 
 (1) Samples/s over the same model, data, batch, optimizer (L2 as weight decay) and memory format (LeNet-5 on
     MNIST-5k by default; `--job` another supervised job), in this process and thread:
     a plain PyTorch loop vs `dl-ray train` in Ray Train local mode (the generic loop driving the task through
-    training_step / ctx.backward / streaming metrics). Each round runs both, alternating which goes first;
-    first epoch dropped as warm-up, median of the rest; the ratio is the median over rounds.
+    training_step / ctx.backward / streaming metrics). Each round runs both, alternating which goes first, each
+    after a full garbage collection (so neither collects the other's garbage in its timed epochs); first epoch
+    dropped as warm-up, median of the rest; the ratio is the median over rounds.
 (2) Seconds from launching `dl-ray train` (a new process) to the first optimiser step, for the local
     default (num_workers 0) and 1 Ray worker (which starts its own local Ray), median over rounds (LeNet-5 only;
     `--no-launch` skips it).
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import gc
 import json
 import os
 import platform
@@ -95,7 +98,7 @@ def dl_ray_in_process(job: Path, epochs: int, storage: Path, name: str) -> float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--job", type=Path, default=JOB, help="a supervised job (default: jobs/mnist_lenet.yaml)")
     parser.add_argument("--no-launch", action="store_true", help="skip the launch-to-first-step timings")
     args = parser.parse_args()
@@ -106,10 +109,13 @@ def main() -> int:
         storage = Path(tmp)
         ratios = []
         for r in range(args.rounds):
-            if r % 2 == 0:
-                base, ours = plain_pytorch(args.job, args.epochs), dl_ray_in_process(args.job, args.epochs, storage, f"local_{r}")
-            else:
-                ours, base = dl_ray_in_process(args.job, args.epochs, storage, f"local_{r}"), plain_pytorch(args.job, args.epochs)
+            sides = {"plain": functools.partial(plain_pytorch, args.job, args.epochs),
+                     "ours": functools.partial(dl_ray_in_process, args.job, args.epochs, storage, f"local_{r}")}
+            rates = {}
+            for side in sides if r % 2 == 0 else reversed(sides):
+                gc.collect()
+                rates[side] = sides[side]()
+            base, ours = rates["plain"], rates["ours"]
             ratios.append(ours / base)
             print(f"round {r + 1}: plain PyTorch {base:7.0f} samples/s, dl-ray local mode {ours:7.0f}  ratio {ours / base:.3f}")
         ratio = statistics.median(ratios)

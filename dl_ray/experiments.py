@@ -6,7 +6,7 @@ over a model switch, and over ``training.seed`` to repeat each setting. Besides 
 writes into its folder:
 
 * ``comparison.csv``: one row per setting of the swept fields, repeats over ``training.seed`` averaged: parameters and
-  multiply-adds per example (:mod:`dl_ray.describe`), the training error of the last epoch (the curve's end), the
+  multiply-adds per example (:mod:`dl_ray.layer_summary`), the training error of the last epoch (the curve's end), the
   validation and test error of the final report (best weights), the spread of the test error over the seeds;
 * ``comparison.png``: error against epoch, solid training and dashed validation, one colour per setting; with two
   fields besides the seed, one panel per value of the first (He et al. 2016, Fig. 1: a panel for plain and one

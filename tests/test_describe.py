@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dl_ray.cli import main
-from dl_ray.describe import WHOLE, Field, compact, job_summaries, summarize
+from dl_ray.describe import compact, job_summaries
+from dl_ray.layer_summary import WHOLE, Field, summarize
 from tests.conftest import ROOT
 
 LENET = str(ROOT / "jobs/mnist_lenet.yaml")

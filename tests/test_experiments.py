@@ -10,7 +10,7 @@ import torch
 import yaml
 from rich.console import Console
 
-from dl_ray.describe import summarize
+from dl_ray.layer_summary import summarize
 from dl_ray.experiments import write_comparison
 from dl_ray.models.inception import InceptionModule, ModuleSpec
 from dl_ray.tune.spec import load_sweep

@@ -160,14 +160,18 @@ def test_a_resumed_gan_run_equals_an_uninterrupted_one(tmp_path):
 # ---------------------------------------------------------------- bad input
 
 
-def test_a_gan_job_with_one_optimizer_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_gan_job_with_one_optimizer_is_refused(tmp_path, capsys, workers):
+    """With Ray workers too, and then before Ray starts."""
+    import ray
+
     job = write_job(tmp_path, "oneopt", **{k: v for k, v in SMALL.items() if k != "optimizers"},
-                    optimizer={"name": "adam", "lr": 1e-3})
+                    optimizer={"name": "adam", "lr": 1e-3}, scaling={"num_workers": workers})
     assert main(["train", str(job)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: optimizers:")
     assert "generator, discriminator" in err and "got none" in err
-    assert not (tmp_path / "runs" / "oneopt").exists()
+    assert not (tmp_path / "runs" / "oneopt").exists() and not ray.is_initialized()
 
 
 def test_kind_gan_with_a_classifier_is_refused(tmp_path, capsys):
@@ -259,7 +263,7 @@ def test_a_monotone_generator_is_increasing_in_u_before_and_after_training():
 def test_inverse_cdf_exponential_job_shortened(tmp_path):
     """The shipped job with 25 of its 90 epochs (cosine decay over 25, the generator averaged from epoch 13): the
     samples pass a KS bound that an untrained generator (KS ~0.7) or an unsettled one (0.1 - 0.2 mid-training) fails;
-    inverse_cdf.png is drawn. The full job measures test/ks 0.012 - 0.015 over seeds 0, 1, 2."""
+    inverse_cdf.png is drawn. The full job measures test/ks 0.012 - 0.015 over seeds 0-4."""
     sets = ["training.epochs=25", "model.average_from=12", f"storage.path={tmp_path}", "tracking.wandb=disabled"]
     assert main(["train", str(EXP_JOB), *(a for s in sets for a in ("--set", s))]) == 0
     final = summary(tmp_path / "inverse_cdf_exponential")["final"]

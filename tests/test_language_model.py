@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.char_lm import KneserNey
+from benchmarks.word_lm import perplexity
 from dl_ray.cli import main
 from dl_ray.data import corpus
 from dl_ray.data.text import CharTextConfig, TextBundle, WordTextConfig, split_documents, wiki_chars, wiki_words
@@ -212,6 +213,16 @@ def test_kneser_ney_distributions_sum_to_one():
                 p = model.distribution(history, order, scale)
                 assert p.sum() == pytest.approx(1.0, abs=1e-12) and (p > 0).all()
     assert model.bpc(text[:500], 1) < math.log2(7) and model.bpc(text[:500], 4) < model.bpc(text[:500], 1)
+
+
+def test_word_ngram_perplexity_scores_the_lstms_targets():
+    """benchmarks/word_lm.py scores ids[1:] (what the LSTM predicts), each given every id before it: brute force
+    through the full next-word distribution."""
+    ids = np.random.default_rng(1).choice(9, 400)
+    model = KneserNey(ids, vocab_size=9, max_order=3, start=8)
+    for order in (1, 3):
+        nll = [-math.log(model.distribution(list(ids[:t]), order, 0.9)[ids[t]]) for t in range(1, 60)]
+        assert perplexity(model, ids[:60], order, 0.9) == pytest.approx(math.exp(np.mean(nll)), rel=1e-12)
 
 
 # ---------------------------------------------------------------- readers for users online

@@ -74,6 +74,18 @@ def test_the_loss_is_the_course_formula_by_brute_force():
     assert ours(emb, labels, "all", 0.3)[0].item() == pytest.approx(float(sum(active) / len(active)), abs=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.05, 0.5])
+@pytest.mark.parametrize("classes", [24, 6])  # an image and its copy (the view term), or several positives each
+def test_ntxent_equals_pytorch_metric_learning(temperature, classes):
+    from pytorch_metric_learning import losses
+
+    emb, ids = batch(classes=classes, seed=4)
+    total, count = ml.ntxent_terms(emb, ids, temperature)
+    theirs = losses.NTXentLoss(temperature=temperature)(emb, ids)
+    assert count.item() == sum(int((ids == i).sum()) * int((ids == i).sum() - 1) for i in ids.unique())
+    assert (total / count).item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
 def test_each_anchor_gets_as_many_hardest_negatives_as_positives():
     emb, labels = batch(n=24, classes=4, seed=3)
     dist = ml.squared_distances(emb, emb)
@@ -160,6 +172,8 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     ("model.margin=-0.2", "model.margin: Input should be greater than 0"),
     ("model.miner=hardest", "model.miner: Input should be 'all', 'hard', 'semihard' or 'batch_hard' (got 'hardest')"),
     ("data.train_classes=[7]", "data.train_classes: give at least two distinct digits among 0-9"),
+    ("model.view_objective=simclr", "model.view_objective: Input should be 'triplet' or 'ntxent' (got 'simclr')"),
+    ("model.temperature=0", "model.temperature: Input should be greater than 0 (got 0)"),
 ])
 def test_bad_siamese_fields_are_one_line_and_write_nothing(capsys, tmp_path, override, says):
     code, err = run_cli(capsys, "train", str(JOB), "--set", override, "--set", f"storage.path={tmp_path}")

@@ -3,18 +3,23 @@ made before a job is sent: unreachable bucket, missing credentials, an address t
 from __future__ import annotations
 
 import http.server
+import json
 import os
+import re
+import shutil
 import socket
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
-
+import requests
 import yaml
 
 from dl_ray.cluster import ClusterError, storage
 from dl_ray.cluster.client import connect
-from dl_ray.cluster.mirror import Mirror
+from dl_ray.cluster.mirror import Mirror, delete_folder
 from dl_ray.cluster.submit import entrypoint, prepare
 from dl_ray.spec import SpecError, StorageSpec
 
@@ -52,6 +57,54 @@ def s3_env(endpoint: str) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
+@pytest.fixture(scope="module")
+def gcs_server(tmp_path_factory):
+    """A GCS server on a free port (gcp-storage-emulator, the JSON API): pyarrow's Google client (and so Ray Train)
+    goes there when CLOUD_STORAGE_EMULATOR_ENDPOINT says so. It signs its requests with a service-account key made
+    for the test, as on a machine with credentials (without any, the client waits on the metadata server)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    key = tmp_path_factory.mktemp("gcs") / "service_account.json"
+    key.write_text(json.dumps({"type": "service_account", "project_id": "test", "private_key_id": "k1",
+                               "private_key": pem, "client_email": "dl-ray-test@test.iam.gserviceaccount.com",
+                               "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}))
+    yield gcs_env(f"http://127.0.0.1:{port}", key)
+    server.stop()
+
+
+def gcs_env(endpoint: str, key: Path) -> dict[str, str]:
+    return {"CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint, "GOOGLE_APPLICATION_CREDENTIALS": str(key),
+            "GOOGLE_CLOUD_PROJECT": "test"}
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request, monkeypatch) -> tuple[str, dict[str, str]]:
+    """A fresh bucket on a local server speaking the cloud's protocol, as a URI (s3://b-..., gs://b-...), and the
+    environment that reaches it (set here too)."""
+    import secrets
+
+    from pyarrow import fs
+
+    env = s3_env(request.getfixturevalue("s3_server")) if request.param == "s3" else request.getfixturevalue("gcs_server")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    name = f"b-{secrets.token_hex(4)}"
+    if request.param == "s3":
+        fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(name)
+    else:
+        fs.GcsFileSystem().create_dir(name)
+    return f"{request.param}://{name}", env
+
+
 def bucket_tree(uri: str) -> dict[str, bytes]:
     """The bucket folder's files; fails on a folder with no file under it (an empty marker left by a delete)."""
     from pyarrow import fs
@@ -76,8 +129,8 @@ def write(root: Path, name: str, data: bytes) -> None:
     (root / name).write_bytes(data)
 
 
-def test_a_run_folder_goes_to_the_bucket_whole_overwrites_and_deletes_there(s3, tmp_path):
-    uri, here = f"s3://{s3}/runs/r1", tmp_path / "node_a" / "r1"
+def test_a_run_folder_goes_to_the_bucket_whole_overwrites_and_deletes_there(bucket, tmp_path):
+    uri, here = f"{bucket[0]}/runs/r1", tmp_path / "node_a" / "r1"
     write(here, "metrics.csv", b"epoch\n1\n")
     write(here, "checkpoint_epoch_0001/state.pt", os.urandom(3 << 20))  # several multipart chunks
     write(here, "checkpoint_epoch_0002/state.pt", b"two")
@@ -96,10 +149,10 @@ def test_a_run_folder_goes_to_the_bucket_whole_overwrites_and_deletes_there(s3, 
     assert tree == {k: v for k, v in local_tree(here).items() if k != "metrics.tmp"}, sorted(tree)  # no folder left
 
 
-def test_another_node_resumes_from_the_bucket_and_follows_its_pruning(s3, tmp_path):
+def test_another_node_resumes_from_the_bucket_and_follows_its_pruning(bucket, tmp_path):
     from pyarrow import fs
 
-    uri = f"s3://{s3}/runs/r1"
+    uri = f"{bucket[0]}/runs/r1"
     first = tmp_path / "node_a" / "r1"
     write(first, "spec.yaml", b"name: r1\n")
     write(first, "checkpoint_epoch_0001/state.pt", b"one")
@@ -112,7 +165,7 @@ def test_another_node_resumes_from_the_bucket_and_follows_its_pruning(s3, tmp_pa
     assert mirror.pull() == 0 and mirror.push() == 0  # in step both ways
 
     filesystem, root = fs.FileSystem.from_uri(uri)
-    filesystem.delete_dir(f"{root}/checkpoint_epoch_0001")  # Ray Train prunes a checkpoint in the bucket
+    delete_folder(filesystem, f"{root}/checkpoint_epoch_0001")  # Ray Train prunes a checkpoint in the bucket
     with filesystem.open_output_stream(f"{root}/checkpoint_epoch_0003/state.pt") as out:  # and writes a new one
         out.write(b"three")
     write(second, "spec.yaml", b"name: r1\nepochs: 5\n")  # written here since the last pull: stays
@@ -123,26 +176,28 @@ def test_another_node_resumes_from_the_bucket_and_follows_its_pruning(s3, tmp_pa
     assert mirror.push() == 1 and bucket_tree(uri)["spec.yaml"] == b"name: r1\nepochs: 5\n"
 
 
-def test_the_driver_never_sends_back_a_checkpoint_pruned_in_the_bucket(s3, tmp_path):
+def test_the_driver_never_sends_back_a_checkpoint_pruned_in_the_bucket(bucket, tmp_path):
     from pyarrow import fs
 
-    uri, here = f"s3://{s3}/runs/r1", tmp_path / "r1"  # one node's folder, written by rank 0 and by the driver
+    uri, here = f"{bucket[0]}/runs/r1", tmp_path / "r1"  # one node's folder, written by rank 0 and by the driver
     rank0, driver = Mirror(uri, here), Mirror(uri, here)
     write(here, "checkpoint_epoch_0001/state.pt", b"one")
     write(here, "metrics.csv", b"epoch\n1\n")
     assert rank0.push() == 2
     filesystem, root = fs.FileSystem.from_uri(uri)
-    filesystem.delete_dir(f"{root}/checkpoint_epoch_0001")  # Ray Train prunes it after the next checkpoint
+    delete_folder(filesystem, f"{root}/checkpoint_epoch_0001")  # Ray Train prunes it after the next checkpoint
     write(here, "spec.yaml", b"name: r1\n")
     driver.pull()
     assert driver.push(checkpoints=False) == 1  # spec.yaml; metrics.csv is rank 0's, as in the bucket
     assert set(bucket_tree(uri)) == {"metrics.csv", "spec.yaml"}
 
 
-def test_a_reachable_bucket_passes_and_a_missing_one_is_one_line(s3):
-    storage.check_bucket(f"s3://{s3}/runs")
-    with pytest.raises(SpecError, match=r"^storage.path: the bucket 'no-such-bucket' of s3://no-such-bucket/runs does not exist"):
-        storage.check_bucket("s3://no-such-bucket/runs")
+def test_a_reachable_bucket_passes_and_a_missing_one_is_one_line(bucket):
+    scheme = bucket[0].split(":")[0]
+    storage.check_bucket(f"{bucket[0]}/runs")
+    with pytest.raises(SpecError, match=rf"^storage.path: the bucket 'no-such-bucket' of {scheme}://no-such-bucket/runs "
+                                        "does not exist"):
+        storage.check_bucket(f"{scheme}://no-such-bucket/runs")
 
 
 @pytest.mark.slow  # pyarrow retries the dead address for ~6 s
@@ -165,6 +220,15 @@ def test_missing_credentials_are_one_line_before_any_request(s3, monkeypatch):
         storage.check_bucket(f"s3://{s3}/runs")
     monkeypatch.setenv("AWS_PROFILE", "work")  # a profile is credentials as far as this check can tell
     assert storage.credentials_found("s3")
+
+
+def test_missing_google_credentials_are_one_line_before_any_request(monkeypatch, tmp_path):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # a gcloud folder without application-default credentials
+    monkeypatch.setenv("NO_GCE_CHECK", "true")  # not a Google VM: no metadata server to ask
+    with pytest.raises(SpecError, match=r"^storage.path: gs://b/runs needs Google Cloud credentials and none were found "
+                                        r"on this machine; run `gcloud auth application-default login`"):
+        storage.check_bucket("gs://b/runs")
 
 
 def test_a_bucket_training_job_is_told_its_bucket_and_other_jobs_are_mirrored(tmp_path):
@@ -225,32 +289,91 @@ def test_an_address_that_is_not_a_ray_dashboard_is_one_line(code, body):
     assert "\n" not in str(error.value)
 
 
-LEGACY_STATUS = """======== Autoscaler status: 2026-12-05 21:28:50.123456 ========
+STATUS = """======== Autoscaler status: 2026-12-05 21:28:50.123456 ========
 Node status
 ---------------------------------------------------------------
 Active:
  {active}
+Idle:
+ {idle}
 Pending:
- (no pending nodes)
+ {pending}
 Recent failures:
  (no failures)
 
 Resources
 ---------------------------------------------------------------
-Usage:
+Total Usage:
  0.0/2.0 CPU
  0B/1.00GiB memory
 """
 
 
 def test_a_cluster_started_by_hand_is_not_taken_for_an_autoscaling_one():
-    # `ray start` runs Ray's monitor read-only: it reports each node under a type named after its id
+    # `ray start` by hand: Ray's monitor reports each node under a type named after its id
     node = "node_" + "2c9e6f3b0e4d4a0f" * 3 + "9c1d2e3f4a5b6c7d"
-    fixed = {"autoscalingStatus": LEGACY_STATUS.format(active=f"1 {node}\n 1 node_{'ab' * 28}"),
-             "clusterStatus": {"autoscalerReport": {"activeNodes": {"node01A2F3Cd5A34F0934068Bb0021446A60Bfd176Fc9": 1}}}}
+    fixed = STATUS.format(active=f"1 {node}", idle=f"1 node_{'ab' * 28}", pending="(no pending nodes)")
     assert not storage.node_types_managed(fixed)
-    launched = {"autoscalingStatus": LEGACY_STATUS.format(active="1 ray.head.default"),
-                "clusterStatus": {"autoscalerReport": {"activeNodes": {"ray.head.default": 1},
-                                                       "pendingLaunches": {"ray.worker.gpu": 1}}}}
-    assert storage.node_types_managed(launched)
-    assert not storage.node_types_managed({})  # no monitor has reported (yet): nothing says it grows
+    head = STATUS.format(active="(no active nodes)", idle="1 ray.head.default", pending="(no pending nodes)")
+    assert storage.node_types_managed(head)
+    growing = STATUS.format(active=f"1 {node}", idle="(no idle nodes)", pending="ray.worker.gpu, 1 launching")
+    assert storage.node_types_managed(growing)
+    assert not storage.node_types_managed("No cluster status.")  # no monitor has reported (yet): nothing says it grows
+
+
+FAKE_HEAD = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # Ray's fake provider's head node id
+FAKE_AUTOSCALER = {  # Ray's own test provider: an autoscaler that "launches" nodes as processes on this machine
+    "cluster_name": "fake", "max_workers": 2, "head_node_type": "ray.head.default", "auth": {}, "docker": {},
+    "provider": {"type": "external", "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+                 "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True},
+    "available_node_types": {"ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+                             "ray.worker.cpu": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0,
+                                                "max_workers": 2}},
+    "upscaling_speed": 1.0, "idle_timeout_minutes": 1, "file_mounts": {}, "cluster_synced_files": [],
+    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+    "head_start_ray_commands": [], "worker_start_ray_commands": [], "file_mounts_sync_continuously": False,
+    "rsync_exclude": [], "rsync_filter": []}
+
+
+def status_text(address: str) -> str:
+    from dl_ray.cluster.auth import auth_headers
+
+    reply = requests.get(f"{address}/api/cluster_status", params={"format": "1"}, headers=auth_headers(), timeout=5)
+    return (reply.json().get("data") or {}).get("clusterStatus") or ""
+
+
+def reported(address: str, timeout_s: float = 60) -> str:
+    """The status once the monitor has reported the head (it reports every AUTOSCALER_UPDATE_INTERVAL_S)."""
+    deadline = time.monotonic() + timeout_s
+    while not re.search(r"^ 1 \S+$", text := status_text(address), re.M):
+        assert time.monotonic() < deadline, f"no node in the cluster status after {timeout_s} s: {text!r}"
+        time.sleep(0.5)
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("autoscaler", [None, "v1", "v2"])
+def test_autoscaling_is_seen_with_rays_autoscaler_v1_and_v2_and_not_on_a_cluster_started_by_hand(
+        tmp_path, monkeypatch, autoscaler):
+    from dl_ray.cluster import local
+
+    head_args: tuple[str, ...] = ()
+    monkeypatch.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")
+    if autoscaler:
+        config = tmp_path / "fake.yaml"
+        config.write_text(yaml.safe_dump(FAKE_AUTOSCALER))
+        head_args = (f"--autoscaling-config={config}",)
+        monkeypatch.setenv("RAY_FAKE_CLUSTER", "1")
+        monkeypatch.setenv("RAY_NODE_TYPE_NAME", "ray.head.default")  # what `ray up` sets on the head it starts
+    if autoscaler == "v2":
+        for name in ("RAY_CLOUD_INSTANCE_ID", "RAY_OVERRIDE_NODE_ID_FOR_TESTING"):
+            monkeypatch.setenv(name, FAKE_HEAD)
+        monkeypatch.setenv("RAY_enable_autoscaler_v2", "1")
+    temp = Path(tempfile.mkdtemp(prefix="dlr", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster = local.up(tmp_path / "c", cpus=1, port=0, dashboard_port=0, temp_dir=temp, head_args=head_args)
+    try:
+        text = reported(cluster.address)
+        assert storage.autoscaling(cluster.address) is bool(autoscaler), text
+    finally:
+        local.down(tmp_path / "c")
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""A training job whose run folder lives in a bucket (a local S3 server speaking the real protocol), run as
+"""A training job whose run folder lives in a bucket (local S3 and GCS servers speaking the real protocols), run as
 `dl-ray submit` runs it on a cluster: the command with a scratch folder and ``DL_RAY_STORAGE_URI``."""
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ import pytest
 from dl_ray.cluster import storage
 from dl_ray.cluster.mirror import STORAGE_ENV
 from tests.conftest import ROOT, write_job
-from tests.test_storage import bucket_tree, s3, s3_env, s3_server  # noqa: F401 (fixtures)
+from tests.test_storage import bucket, bucket_tree, gcs_server, s3_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow  # two short training runs each
 DIGITS = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"},
           "optimizer": {"name": "adam", "lr": 0.01}, "tracking": {"wandb": "disabled"}}
 
 
-def train(job, bucket_uri: str, endpoint: str, *overrides: str) -> subprocess.CompletedProcess:
+def train(job, bucket_uri: str, bucket_env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
     """The command a submitted bucket job runs on the cluster (see dl_ray.cluster.submit.entrypoint)."""
     scratch = storage.scratch_for(bucket_uri)
     args = [a for o in (f"storage.path={scratch}", *overrides) for a in ("--set", o)]
-    env = {**os.environ, **s3_env(endpoint), STORAGE_ENV: bucket_uri, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = {**os.environ, **bucket_env, STORAGE_ENV: bucket_uri, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "dl_ray.cli", "train", str(job), *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=300, check=False)
 
@@ -35,14 +35,14 @@ def rows(tree: dict[str, bytes]) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(tree["metrics.csv"].decode())))
 
 
-@pytest.mark.parametrize("workers", [0, 1], ids=["local_mode", "ray_train_worker"])
-def test_a_bucket_run_writes_its_folder_there_and_a_rerun_on_a_fresh_node_resumes(workers, s3, s3_server, tmp_path,
-                                                                                 request):
-    uri = f"s3://{s3}/runs"
+@pytest.mark.parametrize("workers, bucket", [(0, "s3"), (1, "s3"), (1, "gs")], indirect=["bucket"],
+                         ids=["local_mode-s3", "ray_train_worker-s3", "ray_train_worker-gs"])
+def test_a_bucket_run_writes_its_folder_there_and_a_rerun_on_a_fresh_node_resumes(workers, bucket, tmp_path, request):
+    uri, env = f"{bucket[0]}/runs", bucket[1]
     request.addfinalizer(lambda: shutil.rmtree(storage.scratch_for(uri), ignore_errors=True))
     job = write_job(tmp_path, "bucket_run", **DIGITS, scaling={"num_workers": workers},
                     training={"epochs": 2, "batch_size": 128, "keep_checkpoints": 1})
-    first = train(job, uri, s3_server)
+    first = train(job, uri, env)
     assert first.returncode == 0, first.stdout + first.stderr
     tree = bucket_tree(f"{uri}/bucket_run")
     summary = json.loads(tree["summary.json"])
@@ -52,7 +52,7 @@ def test_a_bucket_run_writes_its_folder_there_and_a_rerun_on_a_fresh_node_resume
     assert [r["epoch"] for r in rows(tree)] == ["1", "2"]
 
     shutil.rmtree(storage.scratch_for(uri))  # the rerun lands on a node that never saw the run
-    second = train(job, uri, s3_server, "training.epochs=3")
+    second = train(job, uri, env, "training.epochs=3")
     assert second.returncode == 0, second.stdout + second.stderr
     again = bucket_tree(f"{uri}/bucket_run")
     assert [r["epoch"] for r in rows(again)] == ["1", "2", "3"]

@@ -198,6 +198,19 @@ def test_the_shipped_job_is_valid():
     assert np.isclose(sum(spec.costs.style_layers.values()), 1.0)
 
 
+def test_every_kind_with_its_own_trials_has_what_the_sweep_calls():
+    from dl_ray import kinds
+    from dl_ray.tune.spec import SWEPT_KINDS, SweptKind, swept_kind
+
+    wanted = {n for n in vars(SweptKind) if not n.startswith("_")} | set(SweptKind.__annotations__)
+    assert {"parse", "check", "trial", "subject", "write_outputs", "SWEEPABLE"} <= wanted
+    for kind in SWEPT_KINDS:
+        own = swept_kind(kind)
+        assert kind in kinds.COMMANDS and not wanted - set(vars(own)), (kind, wanted - set(vars(own)))
+        assert all(callable(getattr(own, n)) for n in wanted - {"SWEEPABLE"})
+    assert swept_kind("supervised") is None and swept_kind(None) is None
+
+
 # ---------------------------------------------------------------- slow: W&B, a Tune sweep
 
 

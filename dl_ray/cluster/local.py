@@ -55,9 +55,10 @@ class LocalCluster:
 
 
 def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | list[int] | None = None, gpus: int | None = None,
-       port: int = 6379, dashboard_port: int = 8265, temp_dir: Path | None = None, timeout_s: float = 120) -> LocalCluster:
+       port: int = 6379, dashboard_port: int = 8265, temp_dir: Path | None = None, timeout_s: float = 120,
+       head_args: tuple[str, ...] = ()) -> LocalCluster:
     """Start a head (and ``nodes - 1`` more nodes) on 127.0.0.1; port 0 = any free port; ``cpus``: per node, or
-    one figure for each node."""
+    one figure for each node; ``head_args``: more ``ray start`` options for the head (e.g. an autoscaling config)."""
     folder = folder.absolute()
     folder.mkdir(parents=True, exist_ok=True)
     running = LocalCluster.load(folder)
@@ -77,7 +78,7 @@ def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | list[int] | No
     if gpus is not None:
         common += ["--num-gpus", str(gpus)]
     head = ["--head", "--port", str(port), "--include-dashboard", "true", "--dashboard-host", LOCALHOST,
-            "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(_free_port())]
+            "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(_free_port()), *head_args]
     try:
         for i in range(nodes):
             role = head if i == 0 else ["--address", gcs_address]

@@ -126,9 +126,22 @@ class Mirror:
     def _delete(self, path: str, folder: bool) -> None:
         from pyarrow import fs
 
-        kind = self.fs.get_file_info(path).type
-        if kind == fs.FileType.Directory if folder else kind == fs.FileType.File:  # already gone: another writer's delete
-            (self.fs.delete_dir if folder else self.fs.delete_file)(path)
+        kind = self.fs.get_file_info(path).type  # already gone: another writer's delete
+        if not folder and kind == fs.FileType.File:
+            self.fs.delete_file(path)
+        elif folder and kind == fs.FileType.Directory:
+            delete_folder(self.fs, path)
+
+
+def delete_folder(filesystem, path: str) -> None:
+    """Every object under ``path`` in a bucket. A bucket has no folders, only names with a prefix, and a "folder/"
+    marker object may be left (S3's delete leaves one) or may never have been (GCS, where a file sent alone gets
+    none, and ``delete_dir`` fails on the missing marker after deleting the rest)."""
+    from pyarrow import fs
+
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    if filesystem.get_file_info(path).type == fs.FileType.Directory:
+        filesystem.delete_dir(path)
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

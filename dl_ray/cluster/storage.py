@@ -75,29 +75,30 @@ def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: 
 
 
 def autoscaling(address: str) -> bool:
-    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay's in-tree autoscaler), from the
-    dashboard's ``/api/cluster_status`` (see :func:`node_types_managed`)."""
+    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay), from the status text the dashboard
+    formats (``/api/cluster_status?format=1``): the same text, ``ray status``'s, for Ray's autoscaler v1 and v2 (v2
+    writes none of the v1 status the unformatted call returns)."""
     from dl_ray.cluster.auth import auth_headers
 
     try:
-        reply = requests.get(f"{address}/api/cluster_status", headers=auth_headers(), timeout=5)
-        data = reply.json().get("data") or {} if reply.ok else {}
+        reply = requests.get(f"{address}/api/cluster_status", params={"format": "1"}, headers=auth_headers(), timeout=5)
+        status = (reply.json().get("data") or {}).get("clusterStatus") if reply.ok else None
     except (requests.RequestException, ValueError):
         return False
-    return node_types_managed(data)
+    return isinstance(status, str) and node_types_managed(status)
 
 
-# A node of a cluster started by hand (`ray start`): Ray's monitor runs there too, read-only, and names each node's
-# type after its id (node_<hex>; the dashboard's camelCase turns it into node01A2F3Cd... inside clusterStatus).
-READONLY_TYPE = re.compile(r"node_?[0-9a-f]{16,}", re.IGNORECASE)
+# A node that no autoscaler launched (`ray start` by hand) is listed under a type named after its id (node_<hex>);
+# `ray up` and KubeRay name every node they start after its type in the config (RAY_NODE_TYPE_NAME).
+READONLY_TYPE = re.compile(r"node_[0-9a-f]{16,}", re.IGNORECASE)
+NODE_LINES = (re.compile(r"^\s+\d+\s+(\S+)\s*$", re.M),  # " 1 ray.head.default" (Active: / Idle:)
+              re.compile(r"^\s+(\S+), \d+ launching\s*$", re.M))  # " ray.worker.gpu, 1 launching" (Pending:)
 
 
-def node_types_managed(data: dict[str, Any]) -> bool:
-    """Whether the status the monitor reported names node types of a cluster config (ray.head.default,
-    ray.worker.gpu, a KubeRay group), which an autoscaler launches more of, rather than read-only types."""
-    report = (data.get("clusterStatus") or {}).get("autoscalerReport") or {}
-    types = set(report.get("activeNodes") or {}) | set(report.get("pendingLaunches") or {})
-    types |= set(re.findall(r"^\s+\d+\s+(\S+)\s*$", data.get("autoscalingStatus") or "", re.M))  # " 1 ray.head.default"
+def node_types_managed(status: str) -> bool:
+    """Whether ``ray status`` text names node types of a cluster config (ray.head.default, ray.worker.gpu, a KubeRay
+    group), which an autoscaler launches more of, rather than the id-named types of nodes started by hand."""
+    types = {t for pattern in NODE_LINES for t in pattern.findall(status)}
     return any(not READONLY_TYPE.fullmatch(t) for t in types)
 
 

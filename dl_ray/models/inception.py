@@ -119,7 +119,7 @@ class InceptionModule(nn.Module):
 def module_cost(module: nn.Module, c_in: int, side: int) -> tuple[int, int]:
     """(parameters, multiply-adds) of a module on a c_in x side x side input, as ``dl-ray describe`` counts them:
     every convolution's output pixels x its kernel volume (pooling and batch norm cost none)."""
-    from dl_ray.describe import summarize  # the one counter of multiply-adds
+    from dl_ray.layer_summary import summarize  # the one counter of multiply-adds
 
     summary = summarize(module, (torch.zeros(1, c_in, side, side),))
     return summary.params, summary.macs

@@ -13,6 +13,8 @@
 * **Pairs** (the binary-classification route): y_hat = sigmoid(sum_k w_k |f(x1)_k - f(x2)_k| + b) with a logistic
   loss. An anchor has K - 1 matched partners in a P x K batch but ~P K unmatched ones (K matched vs K^2 unmatched
   pairs per class): each anchor gets as many negatives as it has positives, its closest (hardest) ones.
+* **NT-Xent** (SimCLR; the Siamese view term's ``view_objective: ntxent``): cross-entropy of picking out each
+  row's positives among every other row of the batch by cosine similarity / temperature.
 
 Every function takes distance *rows* (anchors x examples) with the anchors' labels and positions, so that a caller
 may score some anchors against a larger set.
@@ -90,3 +92,16 @@ def pair_terms(emb_rows: torch.Tensor, emb: torch.Tensor, anchor_labels: torch.T
     losses = F.binary_cross_entropy_with_logits(logits, same, reduction="none")
     return losses.sum(), torch.tensor(float(len(losses)), device=emb.device)
 
+
+
+def ntxent_terms(emb: torch.Tensor, ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of NT-Xent (SimCLR's normalised temperature-scaled cross-entropy) over unit-norm rows: each row
+    must pick out the rows of its own ``ids`` from every other row of the batch by cosine similarity / temperature;
+    one term -log(e^{s_ap} / (e^{s_ap} + sum_n e^{s_an})) per positive pair (a, p), the negatives n every row of
+    another id (pytorch-metric-learning's NTXentLoss; ``tests/test_siamese.py`` holds them equal)."""
+    sim = emb @ emb.t() / temperature
+    pos, neg = masks(ids, ids, torch.arange(len(ids), device=ids.device))
+    a, p = torch.where(pos)
+    negatives = sim.masked_fill(~neg, float("-inf"))[a]
+    losses = torch.logsumexp(torch.cat([sim[a, p, None], negatives], 1), 1) - sim[a, p]
+    return losses.sum(), torch.tensor(float(len(losses)), device=emb.device)

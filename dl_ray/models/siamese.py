@@ -79,6 +79,14 @@ class SiameseConfig(ModelConfig):
     half-way): 0 = off."""
     distort_inputs: bool = False
     """Also give the class loss's images the copies' distortion (on top of ``regularization.augment``)."""
+    view_objective: Literal["triplet", "ntxent"] = "triplet"
+    """The loss of ``view_weight``: triplet (the route's loss with each image a class of two) | ntxent (SimCLR's
+    contrastive cross-entropy: each image must pick out its copy among all 2N - 1 other images of the batch at
+    once, where the triplet miner trains on a few near misses; instance discrimination of this kind keeps features
+    that carry over to unseen classes)."""
+    temperature: float = Field(0.1, gt=0, le=1)
+    """Temperature of ``view_objective: ntxent``: cosine similarities are divided by it (smaller = the closest
+    negatives weigh more)."""
 
 
 def distort(x: torch.Tensor, cfg: SiameseConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -199,12 +207,17 @@ class Siamese(Task):
         return loss
 
     def view_loss(self, x: torch.Tensor, emb: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """The route's loss over the batch and a distorted copy (:func:`distort`), each image and its copy a class
-        of two."""
+        """``view_objective`` over the batch's embeddings ``emb`` and those of a distorted copy (:func:`distort`) of
+        its images ``x`` (already distorted with ``distort_inputs``: the copy strays further), each image and its
+        copy a class of two."""
         with ctx.autocast:
             copies = ctx.nets["embed"](distort(x, self.cfg))
         ids = torch.arange(len(x), device=x.device).repeat(2)
-        total, count = self.objective(torch.cat([emb, copies]), ids, ctx.nets)
+        both = torch.cat([emb, copies])
+        if self.cfg.view_objective == "ntxent":
+            total, count = ml.ntxent_terms(both, ids, self.cfg.temperature)
+        else:
+            total, count = self.objective(both, ids, ctx.nets)
         return total / count.clamp(min=1)
 
     def evaluation(self) -> dict[str, Metric]:

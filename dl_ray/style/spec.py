@@ -120,7 +120,6 @@ class StyleScalingSpec(Section):
 
 
 class StyleTransferSpec(RunFolder, Section):
-    sweepable: ClassVar[tuple[str, ...]] = ("costs", "optimizer", "training", "features", "size", "content", "style")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Job name (letters, digits, '_', '-', '.'); the run folder is storage.path/name."""
     kind: Literal["style_transfer"] = KIND

@@ -1,5 +1,8 @@
 """A Ray Tune sweep over a style-transfer job's fields (``dl-ray tune``; e.g. beta/alpha), through dl_ray/tune.
 
+This module is the kind's :class:`dl_ray.tune.spec.SweptKind`: dl_ray/tune calls the functions below where a
+training job would go through the generic loop.
+
 Each trial is one optimisation in the trial's own process, in its own run folder (``<sweep>/<sweep>_NNNNN``, the
 files a run writes); it reports once, at its end: ``j_content``, ``j_style``, ``j`` and ``j_style_drop`` (start /
 end). The sweep folder gets ``grid.png`` besides the usual results: content, style and every trial's result,
@@ -13,7 +16,12 @@ from typing import Any
 import torch
 
 from dl_ray.errors import SpecError
+from dl_ray.style import spec
 
+parse = spec.parse_style
+absolute_paths = spec.absolute_paths  # image files made absolute: trials run in their own folders
+
+SWEEPABLE = ("costs", "optimizer", "training", "features", "size", "content", "style")
 REPORTS = {"j_content": "min", "j_style": "min", "j": "min", "j_style_drop": "max"}
 
 
@@ -21,9 +29,8 @@ def check(sweep) -> Any:
     """What dl_ray.tune.sweep.check does for a training job: the trial's job is valid, its images and weights
     load, the metric is one a trial reports, the scheduler fits one report per trial."""
     from dl_ray.style.run import prepare
-    from dl_ray.style.spec import parse_style
 
-    job, tune = parse_style(sweep.trial_spec({})), sweep.tune
+    job, tune = parse(sweep.trial_spec({})), sweep.tune
     if tune.trial != "train":
         raise SpecError(f"tune.trial: a style-transfer sweep optimises in every trial; allowed: train (got {tune.trial})")
     if tune.scheduler.name != "fifo":
@@ -37,7 +44,7 @@ def check(sweep) -> Any:
     return job
 
 
-def style_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+def trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     """One trial: the base job with this trial's values, optimised in its run folder; one report at the end."""
     import ray.tune
     from rich.console import Console
@@ -50,6 +57,16 @@ def style_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     final = summary["final"]
     ray.tune.report({"j_content": final["j_content"], "j_style": final["j_style"], "j": final["j"],
                      "j_style_drop": summary["j_style_drop"], "epoch": 1, "time/epoch_s": summary["time_s"]})
+
+
+def subject(job) -> str:
+    """What the sweep's winner is, in words (a style job has no model or data to name)."""
+    return f"style transfer of {job.content} in the style of {job.style}"
+
+
+def write_outputs(rows: list[dict[str, Any]], sweep) -> None:
+    """The sweep folder's picture of every trial's result (grid.png)."""
+    write_grid(rows, sweep, sweep.folder / "grid.png")
 
 
 def write_grid(rows: list[dict[str, Any]], sweep, path: Path) -> Path | None:

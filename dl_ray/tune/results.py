@@ -142,8 +142,7 @@ def winner_description(best: dict[str, Any], sweep: Sweep) -> str:
     """The base job's description named a schedule or rate the winner may not use: say what the winner is."""
     job = sweep.job
     values = ", ".join(f"{short(k)} {num(best[k])}" for k in sweep.space)
-    subject = (f"style transfer of {job.content} in the style of {job.style}" if job.kind == "style_transfer"
-               else f"{job.model.name} on {job.data.name}")  # style transfer (dl_ray/style) has no model or data
+    subject = sweep.own_kind.subject(job) if sweep.own_kind is not None else f"{job.model.name} on {job.data.name}"
     what = f"{subject}, best of sweep {sweep.name} ({sweep.tune.metric} {num(best[sweep.tune.metric])}): {values}"
     if sweep.tune.scheduler.name == "pbt" and any(best.get(f"start/{k}") != best[k] for k in sweep.space):
         starts = ", ".join(f"{short(k)} {num(best[f'start/{k}'])}" for k in sweep.space)
@@ -329,10 +328,8 @@ def write_outputs(grid, trials: dict[str, Any], sweep: Sweep, console: Console, 
         from dl_ray.experiments import write_comparison
 
         write_comparison(rows, sweep, console)
-    if sweep.job.kind == "style_transfer":  # style transfer (dl_ray/style): every trial's result in one picture
-        from dl_ray.style.sweep import write_grid
-
-        write_grid(rows, sweep, folder / "grid.png")
+    if sweep.own_kind is not None:
+        sweep.own_kind.write_outputs(rows, sweep)
     written = [n for n in ("results.csv", "summary.json", "best.yaml", "params.png", "curves.png", "exploits.csv", "grid.png")
                if (folder / n).is_file()]
     console.print(f"sweep folder: {folder}  ({', '.join(written)}, one run folder per trial)", highlight=False)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +35,32 @@ from dl_ray.spec import JobSpec, SpecError, StorageSpec, describe, apply_overrid
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SWEEPABLE = ("model", "data", "optimizer", "schedule", "regularization", "training")
 SETTINGS = "settings."  # evaluate trials: space keys for the evaluator, not for the job
+
+
+class SweptKind(Protocol):
+    """A job kind whose trials run its own code, not the generic training loop (the training kinds need none).
+
+    A module implements it (``dl_ray.style.sweep``): its functions are what Ray ships to the trials. Its trials
+    report once, at their end."""
+
+    SWEEPABLE: tuple[str, ...]
+    """The job's top-level sections a ``tune.space`` key may start with."""
+
+    def parse(self, raw: dict[str, Any]) -> Any: ...
+    def check(self, sweep: Sweep) -> Any: ...
+    def trial(self, config: dict[str, Any], plan: dict[str, Any]) -> None: ...
+    def absolute_paths(self, raw: dict[str, Any]) -> dict[str, Any]: ...
+    def subject(self, job: Any) -> str: ...
+    def write_outputs(self, rows: list[dict[str, Any]], sweep: Sweep) -> None: ...
+
+
+SWEPT_KINDS = {"style_transfer": "dl_ray.style.sweep"}  # imported only when a sweep of that kind runs
+
+
+def swept_kind(kind: str | None) -> SweptKind | ModuleType | None:
+    """The adapter of a kind that brings its own trials, or None for a training job."""
+    module = SWEPT_KINDS.get(kind or "")
+    return importlib.import_module(module) if module else None
 
 
 @dataclass(frozen=True)
@@ -190,18 +218,21 @@ class Sweep:
         return Path(self.job.storage.path).absolute() / self.name
 
     @property
+    def own_kind(self) -> SweptKind | ModuleType | None:
+        """The job kind's own sweep code (style transfer), or None: trials train through the generic loop."""
+        return swept_kind(self.job.kind)
+
+    @property
     def reports_once(self) -> bool:
-        """Trials report once, at their end: evaluate trials, and style transfer's optimisations (dl_ray/style)."""
-        return self.tune.trial == "evaluate" or self.job.kind == "style_transfer"
+        """Trials report once, at their end: evaluate trials, and every kind with its own trials."""
+        return self.tune.trial == "evaluate" or self.own_kind is not None
 
     def trial_spec(self, params: dict[str, Any]) -> dict[str, Any]:
         """The base job with one trial's sampled values (settings.* excluded)."""
         raw = copy.deepcopy(self.job_raw)
         raw["storage"] = {**raw.get("storage", {}), "path": str(Path(self.job.storage.path).absolute())}
-        if self.job.kind == "style_transfer":  # style transfer (dl_ray/style): its image files, made absolute
-            from dl_ray.style.spec import absolute_paths
-
-            absolute_paths(raw)
+        if self.own_kind is not None:
+            self.own_kind.absolute_paths(raw)
         elif getattr(self.job.data, "path", None):  # trials run in their own folder: paths must be absolute
             raw["data"]["path"] = str(Path(self.job.data.path).absolute())
         for path, value in params.items():
@@ -284,7 +315,7 @@ def check_space(sweep: Sweep) -> None:
             for value in dist.values_to_check():
                 _check_settings(settings_model, {key.removeprefix(SETTINGS): value})
             continue
-        sweepable = getattr(sweep.job, "sweepable", SWEEPABLE)  # style transfer: its own sections (dl_ray/style)
+        sweepable = sweep.own_kind.SWEEPABLE if sweep.own_kind is not None else SWEEPABLE
         if key.split(".")[0] not in sweepable:
             extra = f" or {SETTINGS}<evaluator setting>" if settings_model is not None else ""
             raise SpecError(f"tune.space.{key}: cannot be swept; sweepable sections: {', '.join(sweepable)}{extra}")
@@ -311,12 +342,9 @@ def check_space(sweep: Sweep) -> None:
 
 
 def parse_job(raw: dict[str, Any]) -> JobSpec:
-    """The swept job: a training job, or a style-transfer job (dl_ray/style, which has no model or data)."""
-    if raw.get("kind") == "style_transfer":
-        from dl_ray.style.spec import parse_style
-
-        return parse_style(raw)
-    return parse_spec(raw)
+    """The swept job: a training job, or one of a kind with its own trials (style transfer: no model or data)."""
+    own = swept_kind(raw.get("kind"))
+    return own.parse(raw) if own is not None else parse_spec(raw)
 
 
 def _check_settings(model: type[BaseModel], values: dict[str, Any]) -> None:

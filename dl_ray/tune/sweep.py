@@ -40,10 +40,8 @@ def check(sweep: Sweep) -> JobSpec:
     """Everything knowable before Ray starts: the job trains, the metric exists, the parts fit together."""
     from dl_ray.train.runner import prepare_folder, validate
 
-    if sweep.job.kind == "style_transfer":  # one optimisation per trial, no model or data (dl_ray/style)
-        from dl_ray.style.sweep import check as check_style
-
-        return check_style(sweep)
+    if sweep.own_kind is not None:
+        return sweep.own_kind.check(sweep)
     job, tune = parse_spec(sweep.trial_spec({})), sweep.tune
     if tune.trial == "evaluate" and tune.scheduler.name != "fifo":
         raise SpecError(f"tune.scheduler: {tune.scheduler.name} needs training trials; evaluate trials report once: use fifo")
@@ -205,10 +203,8 @@ def _trainable(sweep: Sweep, job: JobSpec, cpus: float | None = None):
 
     plan = {"sweep": sweep.name, "folder": str(sweep.folder), "job": sweep.trial_spec({}), "in_process": in_process(job),
             "checkpoint_every_epoch": sweep.tune.scheduler.name == "pbt", "direction": sweep.direction}
-    if sweep.job.kind == "style_transfer":  # style transfer: the optimisation runs in the trial (dl_ray/style)
-        from dl_ray.style.sweep import style_trial
-
-        return tune.with_resources(tune.with_parameters(style_trial, plan=plan), footprint(sweep, job))
+    if sweep.own_kind is not None:
+        return tune.with_resources(tune.with_parameters(sweep.own_kind.trial, plan=plan), footprint(sweep, job))
     if sweep.tune.trial == "evaluate":
         plan |= {"checkpoint": str(sweep.checkpoint), "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
         return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), footprint(sweep, job))

@@ -38,7 +38,7 @@ def trial_job(config: dict[str, Any], plan: dict[str, Any]) -> tuple[JobSpec, Pa
     raw["storage"] = {**raw.get("storage", {}), "path": plan["folder"], "name": name}
     if plan.get("checkpoint_every_epoch"):  # PBT exploits the latest checkpoint of the top trials
         raw.setdefault("training", {})["checkpoint_every"] = 1
-    spec = parse_job(raw)  # a training job, or a style-transfer one (dl_ray/style)
+    spec = parse_job(raw)  # a training job, or one of a kind with its own trials
     return spec, spec.run_dir
 
 
