@@ -16,7 +16,7 @@ from rich.console import Console
 
 from dl_ray.cluster import joblog
 from dl_ray.cluster.env import driver_env, wandb_env
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT
 
 SHELL = {"WANDB_API_KEY": "k-123", "WANDB_ENTITY": "someone", "WANDB_PROJECT": "p", "WANDB_SERVICE": "2-99-tcp",
          "DL_RAY_CHAOS": "1", "HOME": "/root"}
@@ -79,9 +79,19 @@ def dead_address():
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def test_gpus_on_a_dqn_job_puts_its_learner_on_a_gpu(tmp_path, dead_address):
-    code, out, err = cli("submit", str(ROOT / "jobs/rl/dqn_cartpole.yaml"), "--gpus", "1", "--address", dead_address,
-                         "--set", f"storage.path={tmp_path}")
+def submit(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """``dl-ray submit`` in this process: these are refused before any cluster is reached (no process to kill)."""
+    from dl_ray.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code = main(["submit", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_gpus_on_a_dqn_job_puts_its_learner_on_a_gpu(tmp_path, dead_address, capsys, monkeypatch):
+    code, out, err = submit(capsys, monkeypatch, str(ROOT / "jobs/rl/dqn_cartpole.yaml"), "--gpus", "1",
+                            "--address", dead_address, "--set", f"storage.path={tmp_path}")
     lines = err.strip().splitlines()
     # validated by the job's own dry run with learner.device=cuda; then the (dead) cluster is the only problem
     assert lines[0] == "--gpus 1: the DQN learner on a GPU (learner.device=cuda); actors keep actors.gpus_per_actor"
@@ -97,9 +107,9 @@ def test_gpus_on_a_dqn_job_puts_its_learner_on_a_gpu(tmp_path, dead_address):
     ("q_learning_frozenlake", ("--gpus", "1"), "error: --gpus: a q_learning job is a table updated on one CPU; "
      "it takes no GPU (drop --gpus)"),
 ])
-def test_what_gpus_cannot_mean_for_an_rl_job_is_one_line(tmp_path, dead_address, job, args, message):
-    code, out, err = cli("submit", str(ROOT / f"jobs/rl/{job}.yaml"), *args, "--address", dead_address,
-                         "--set", f"storage.path={tmp_path}")
+def test_what_gpus_cannot_mean_for_an_rl_job_is_one_line(tmp_path, dead_address, capsys, monkeypatch, job, args, message):
+    code, out, err = submit(capsys, monkeypatch, str(ROOT / f"jobs/rl/{job}.yaml"), *args, "--address", dead_address,
+                            "--set", f"storage.path={tmp_path}")
     assert code == 2 and err.strip() == message and not out  # refused before reaching for the cluster
 
 
