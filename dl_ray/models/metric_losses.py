@@ -93,7 +93,6 @@ def pair_terms(emb_rows: torch.Tensor, emb: torch.Tensor, anchor_labels: torch.T
     return losses.sum(), torch.tensor(float(len(losses)), device=emb.device)
 
 
-
 def ntxent_terms(emb: torch.Tensor, ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum, count) of NT-Xent (SimCLR's normalised temperature-scaled cross-entropy) over unit-norm rows: each row
     must pick out the rows of its own ``ids`` from every other row of the batch by cosine similarity / temperature;
