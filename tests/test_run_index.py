@@ -172,8 +172,13 @@ def test_compare_defaults_to_the_headline_metric_on_val_and_test_and_the_val_los
 def test_a_bucket_lists_and_compares_what_the_same_folders_hold_on_disk(runs, s3, tmp_path, capsys, monkeypatch):
     from pyarrow import fs
 
-    fs.copy_files(str(runs), f"{s3}/runs", source_filesystem=fs.LocalFileSystem(),
-                  destination_filesystem=fs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"]))
+    s3fs = fs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"])
+    fs.copy_files(str(runs), f"{s3}/runs", source_filesystem=fs.LocalFileSystem(), destination_filesystem=s3fs)
+    # The copy dates every object by its upload, in no set order; a run writes its summary after its spec (a summary
+    # older than the spec is the attempt before), so the summaries go again, last.
+    for summary in runs.glob("*/summary.json"):
+        fs.copy_files(str(summary), f"{s3}/runs/{summary.parent.name}/summary.json",
+                      source_filesystem=fs.LocalFileSystem(), destination_filesystem=s3fs)
     _, on_disk, _ = run_cli(capsys, monkeypatch, "runs", str(runs), columns=200)
     code, in_bucket, err = run_cli(capsys, monkeypatch, "runs", f"s3://{s3}/runs", columns=200)
     assert code == 0, err
