@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from dl_ray.cluster import ClusterError, storage
@@ -335,17 +334,10 @@ FAKE_AUTOSCALER = {  # Ray's own test provider: an autoscaler that "launches" no
     "rsync_exclude": [], "rsync_filter": []}
 
 
-def status_text(address: str) -> str:
-    from dl_ray.cluster.auth import auth_headers
-
-    reply = requests.get(f"{address}/api/cluster_status", params={"format": "1"}, headers=auth_headers(), timeout=5)
-    return (reply.json().get("data") or {}).get("clusterStatus") or ""
-
-
 def reported(address: str, timeout_s: float = 60) -> str:
     """The status once the monitor has reported the head (it reports every AUTOSCALER_UPDATE_INTERVAL_S)."""
     deadline = time.monotonic() + timeout_s
-    while not re.search(r"^ 1 \S+$", text := status_text(address), re.M):
+    while not re.search(r"^ 1 \S+$", text := storage.cluster_status(address), re.M):
         assert time.monotonic() < deadline, f"no node in the cluster status after {timeout_s} s: {text!r}"
         time.sleep(0.5)
     return text

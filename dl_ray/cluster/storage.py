@@ -75,17 +75,22 @@ def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: 
 
 
 def autoscaling(address: str) -> bool:
-    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay), from the status text the dashboard
-    formats (``/api/cluster_status?format=1``): the same text, ``ray status``'s, for Ray's autoscaler v1 and v2 (v2
-    writes none of the v1 status the unformatted call returns)."""
+    """Whether an autoscaler manages the cluster (``ray up`` configs, KubeRay), from :func:`cluster_status`."""
+    return node_types_managed(cluster_status(address))
+
+
+def cluster_status(address: str) -> str:
+    """The status text the dashboard formats (``/api/cluster_status?format=1``, what ``ray status`` prints): the
+    same for Ray's autoscaler v1 and v2 (v2 writes none of the v1 status the unformatted call returns); "" when
+    the dashboard does not answer it."""
     from dl_ray.cluster.auth import auth_headers
 
     try:
         reply = requests.get(f"{address}/api/cluster_status", params={"format": "1"}, headers=auth_headers(), timeout=5)
         status = (reply.json().get("data") or {}).get("clusterStatus") if reply.ok else None
     except (requests.RequestException, ValueError):
-        return False
-    return isinstance(status, str) and node_types_managed(status)
+        return ""
+    return status if isinstance(status, str) else ""
 
 
 # A node that no autoscaler launched (`ray start` by hand) is listed under a type named after its id (node_<hex>);
