@@ -192,8 +192,10 @@ def test_storage_checks_for_cluster_jobs():
     storage.check_nodes(StorageSpec(path="/mnt/shared", shared=True), "tune", {}, nodes=3, address="A")
     with pytest.raises(SpecError, match=r"node-local .* 3 nodes and scaling.num_workers=2 places Ray Train workers"):
         storage.check_nodes(StorageSpec(path="/data/runs"), "train", raw_workers, nodes=3, address="A")
-    with pytest.raises(SpecError, match=r"a bucket mirrored from the job's driver node.*`dl-ray tune` places"):
-        storage.check_nodes(StorageSpec(path="s3://b/runs"), "tune", {}, nodes=2, address="A")
+    with pytest.raises(SpecError, match=r"node-local .* 2 nodes and `dl-ray tune` places trials on any node"):
+        storage.check_nodes(StorageSpec(path="/data/runs"), "tune", {}, nodes=2, address="A")
+    storage.check_nodes(StorageSpec(path="/data/runs"), "dqn", {}, nodes=3, address="A")  # its driver is its only writer
+    storage.check_nodes(StorageSpec(path="s3://b/runs"), "tune", {}, nodes=2, address="A")  # each trial mirrors its folder
     with pytest.raises(SpecError, match="is relative"):
         storage.check_path(StorageSpec(path="runs"))
     assert storage.scratch_for("s3://b/runs") == storage.scratch_for("s3://b/runs") != storage.scratch_for("s3://b/other")

@@ -230,7 +230,7 @@ def test_missing_google_credentials_are_one_line_before_any_request(monkeypatch,
         storage.check_bucket("gs://b/runs")
 
 
-def test_a_bucket_training_job_is_told_its_bucket_and_other_jobs_are_mirrored(tmp_path):
+def test_bucket_training_and_sweep_jobs_are_told_their_bucket_and_an_rl_job_is_mirrored(tmp_path):
     job = tmp_path / "j.yaml"
     job.write_text(yaml.safe_dump({"name": "j", "model": {"name": "mlp"}, "data": {"name": "digits"}}))
     sub = prepare(str(job), None, ["storage.path=gs://bucket/runs", "storage.name=r1"], ["train", "tune"])
@@ -241,7 +241,13 @@ def test_a_bucket_training_job_is_told_its_bucket_and_other_jobs_are_mirrored(tm
     sweep = tmp_path / "s.yaml"
     sweep.write_text(yaml.safe_dump({"kind": "sweep", "name": "s", "base": "j.yaml", "tune": {"space": {}}}))
     sub = prepare(str(sweep), None, ["storage.path=gs://bucket/runs"], ["train", "tune"])
-    assert entrypoint(sub, "_dl_ray_job/s.yaml").startswith(f"python -m dl_ray.cluster.mirror gs://bucket/runs {scratch} s -- ")
+    assert entrypoint(sub, "_dl_ray_job/s.yaml") == (
+        f"env DL_RAY_STORAGE_URI=gs://bucket/runs dl-ray tune _dl_ray_job/s.yaml --set storage.path=gs://bucket/runs "
+        f"--set storage.path={scratch}")
+    rl = tmp_path / "rl.yaml"
+    rl.write_text(yaml.safe_dump({"kind": "dqn", "name": "rl", "env": {"id": "CartPole-v1"}}))
+    sub = prepare(str(rl), None, ["storage.path=gs://bucket/runs"], ["train", "tune", "dqn"])
+    assert entrypoint(sub, "_dl_ray_job/rl.yaml").startswith(f"python -m dl_ray.cluster.mirror gs://bucket/runs {scratch} rl -- ")
 
 
 def test_autoscaling_clusters_count_as_several_nodes():
@@ -250,10 +256,9 @@ def test_autoscaling_clusters_count_as_several_nodes():
     with pytest.raises(SpecError, match=r"node-local .* has 1 node\(s\) and an autoscaler that adds more and "
                                         r"scaling.num_workers=2 places Ray Train workers"):
         storage.check_nodes(StorageSpec(path="/data/runs"), "train", workers, nodes=1, address="A", autoscaling=True)
-    # a bucket holds a training run written from any node (Ray Train writes the checkpoints there itself)
-    storage.check_nodes(StorageSpec(path="s3://b/runs"), "train", workers, nodes=3, address="A", autoscaling=True)
-    with pytest.raises(SpecError, match="a bucket mirrored from the job's driver node"):
-        storage.check_nodes(StorageSpec(path="s3://b/runs"), "tune", {}, nodes=1, address="A", autoscaling=True)
+    # a bucket holds a run written from any node (Ray Train / Tune write the checkpoints, each writer its own files)
+    for command in ("train", "tune", "dqn"):
+        storage.check_nodes(StorageSpec(path="s3://b/runs"), command, workers, nodes=3, address="A", autoscaling=True)
 
 
 class _Answer(http.server.BaseHTTPRequestHandler):

@@ -10,10 +10,15 @@ A ``dl-ray train`` job sent to a bucket (``dl-ray submit`` sets ``DL_RAY_STORAGE
   the end, by the driver at the end. A writer deletes in the bucket only what it sent and then removed
   (a pruned local-mode checkpoint), never another writer's files.
 
-Other commands (``dl-ray tune``, ``dl-ray dqn``) are wrapped whole: ``python -m dl_ray.cluster.mirror
-URI SCRATCH RUN -- CMD...`` pulls ``URI/RUN`` into ``SCRATCH/RUN``, runs ``CMD``, pushes every
-``DL_RAY_MIRROR_EVERY_S`` seconds (30) and once more when ``CMD`` ends, and exits with ``CMD``'s code
-(1 when the last push fails). Files are streamed, never read whole into memory.
+A ``dl-ray tune`` job does the same per trial: Tune keeps its experiment state and the trials' checkpoints in the
+bucket (``RunConfig(storage_path=URI)``), each trial mirrors its own run folder from the node it runs on (into
+that node's scratch folder), and the sweep's driver mirrors the sweep's own files (``results.csv``,
+``summary.json``, plots), reading the trials' results from the bucket, never from another node's disk.
+
+``dl-ray dqn`` writes its run folder from its driver alone (actors and the learner return what it writes), so it
+is wrapped whole: ``python -m dl_ray.cluster.mirror URI SCRATCH RUN -- CMD...`` pulls ``URI/RUN`` into
+``SCRATCH/RUN``, runs ``CMD``, pushes every ``DL_RAY_MIRROR_EVERY_S`` seconds (30) and once more when ``CMD``
+ends, and exits with ``CMD``'s code (1 when the last push fails). Files are streamed, never read whole into memory.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from dl_ray.cluster import signals
 
-STORAGE_ENV = "DL_RAY_STORAGE_URI"  # the bucket a submitted `dl-ray train` job's storage.path stands for
+STORAGE_ENV = "DL_RAY_STORAGE_URI"  # the bucket a submitted train / tune job's storage.path stands for
 SKIPPED = (".tmp",)  # half-written files (History, persist_local's .tmp_ folders) are never sent
 _by_folder: dict[Path, Mirror] = {}
 CHECKPOINTS = "checkpoint_epoch_"  # dl_ray.train.checkpoints.dir_name
@@ -39,12 +44,15 @@ class Mirror:
     (size, mtime) when this mirror last listed it (``SENT`` after sending it). A local file whose stat
     differs from ``synced`` was written here and is sent; a synced file gone here was deleted here and is
     deleted there; one gone there was pruned there (by Ray) and is deleted here; one changed there (another
-    writer: rank 0 on another node) is fetched unless the local copy is newer."""
+    writer: rank 0 on another node) is fetched unless the local copy is newer.
 
-    def __init__(self, uri: str, local: Path):
+    ``checkpoints=False``: a mirror that never lists a checkpoint folder, at any depth (a sweep's driver: it reads
+    the trials' results, and Tune restores their checkpoints from the bucket itself)."""
+
+    def __init__(self, uri: str, local: Path, checkpoints: bool = True):
         from pyarrow import fs
 
-        self.uri, self.local = uri.rstrip("/"), Path(local)
+        self.uri, self.local, self.checkpoints = uri.rstrip("/"), Path(local), checkpoints
         self.fs, self.remote = fs.FileSystem.from_uri(self.uri)
         self.synced: dict[str, tuple[int, int] | None] = {}
         self.seen: dict[str, tuple[int, int]] = {}
@@ -100,15 +108,21 @@ class Mirror:
         found = {}
         for path in self.local.rglob("*") if self.local.is_dir() else []:
             name = path.relative_to(self.local).as_posix()
-            if path.is_file() and not any(part.endswith(SKIPPED) or part.startswith(".tmp") for part in name.split("/")):
+            if path.is_file() and self._listed(name):
                 found[name] = _stat(path)
         return found
+
+    def _listed(self, name: str) -> bool:
+        parts = name.split("/")
+        return (not any(part.endswith(SKIPPED) or part.startswith(".tmp") for part in parts)
+                and (self.checkpoints or not any(part.startswith("checkpoint_") for part in parts[:-1])))
 
     def _remote_files(self) -> dict[str, tuple[int, int]]:
         from pyarrow import fs
 
         infos = self.fs.get_file_info(fs.FileSelector(self.remote, recursive=True, allow_not_found=True))
-        return {i.path[len(self.remote) + 1:]: (i.size, i.mtime_ns or 0) for i in infos if i.type == fs.FileType.File}
+        files = {i.path[len(self.remote) + 1:]: (i.size, i.mtime_ns or 0) for i in infos if i.type == fs.FileType.File}
+        return {name: stat for name, stat in files.items() if self.checkpoints or self._listed(name)}
 
     def _copy(self, source: str, destination: str, download: bool) -> None:
         from pyarrow import fs
@@ -162,19 +176,30 @@ def _remove(root: Path, name: str) -> None:
         folder.rmdir()
 
 
-def for_run(run_dir: Path, uri: str | None = None, fresh: bool = False) -> Mirror | None:
-    """This process's mirror of ``run_dir`` when its run lives in a bucket (``uri``, else ``$DL_RAY_STORAGE_URI``
-    + the run's name), pulled on first use (``fresh``: a new run starts: a new mirror); None for a run on a
-    filesystem."""
+def run_uri(run_dir: Path) -> str | None:
+    """Where a run (or a sweep) of a job sent to a bucket lives: ``$DL_RAY_STORAGE_URI`` + its folder's name; None
+    for a job on a filesystem."""
+    root = os.environ.get(STORAGE_ENV)
+    return f"{root.rstrip('/')}/{Path(run_dir).name}" if root else None
+
+
+def parent_uri(uri: str) -> str:
+    """The folder a run's URI is in: the ``storage_path`` Ray Train or Tune is given for it."""
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def for_run(run_dir: Path, uri: str | None = None, fresh: bool = False, checkpoints: bool = True) -> Mirror | None:
+    """This process's mirror of ``run_dir`` when its run lives in a bucket (``uri``, else :func:`run_uri`), pulled
+    on first use (``fresh``: a new run starts: a new mirror); None for a run on a filesystem."""
     from dl_ray.errors import SpecError
 
     run_dir = Path(run_dir)
-    uri = uri or (f"{os.environ[STORAGE_ENV].rstrip('/')}/{run_dir.name}" if os.environ.get(STORAGE_ENV) else None)
+    uri = uri or run_uri(run_dir)
     if uri is None:
         return None
     if fresh or run_dir not in _by_folder:
         try:
-            mirror = Mirror(uri, run_dir)
+            mirror = Mirror(uri, run_dir, checkpoints)
             mirror.pull()
         except OSError as e:
             raise SpecError(f"storage.path: cannot read the run folder {uri}: {str(e).splitlines()[0]}") from None

@@ -3,15 +3,16 @@
 * a local path: fine for one node (a laptop, a one-node cluster);
 * a shared path (``storage.shared: true``): the same filesystem on every node (NFS, EFS, Filestore,
   a ReadWriteMany volume); fine for any run;
-* an ``s3://`` / ``gs://`` URI: ``dl-ray train`` jobs on any number of nodes (Ray Train writes the
-  checkpoints there, :mod:`dl_ray.cluster.mirror` our own files); other jobs write to a scratch folder
-  on their driver's node, copied to the bucket while they run and when they end.
+* an ``s3://`` / ``gs://`` URI: any job on any number of nodes. Ray Train and Tune write their
+  checkpoints there; our own files are written to a scratch folder on the node that writes them and
+  mirrored there (:mod:`dl_ray.cluster.mirror`: by each worker or trial, and by a ``dl-ray dqn`` job's
+  driver, the only writer of an RL run).
 
-A run whose files are written on several nodes (Ray Train workers, Tune trials, RL actors) on a
-cluster of several nodes, or one that may grow (an autoscaler runs), needs a shared filesystem or,
-for training, a bucket: anything else scatters the run folder over the nodes. :func:`check_nodes`
-refuses that and :func:`check_bucket` an unreachable bucket before the job is sent;
-:func:`probe_shared` checks at the job's start that every node sees a ``storage.shared`` path.
+A run whose files are written on several nodes (Ray Train workers, Tune trials) on a cluster of
+several nodes, or one that may grow (an autoscaler runs), needs a shared filesystem or a bucket:
+anything else scatters the run folder over the nodes. :func:`check_nodes` refuses that and
+:func:`check_bucket` an unreachable bucket before the job is sent; :func:`probe_shared` checks at
+the job's start that every node sees a ``storage.shared`` path.
 """
 from __future__ import annotations
 
@@ -44,9 +45,12 @@ def scratch_for(uri: str) -> str:
 
 
 def spreads(command: str, raw: dict[str, Any]) -> str | None:
-    """Why this run may write from several nodes (None when only its driver writes)."""
+    """Why this run may write from several nodes (None when only its driver writes: an RL run, whose actors and
+    learner send what they make back to the driver)."""
+    if command == "dqn":
+        return None
     if command != "train":
-        return f"`dl-ray {command}` places trials/actors on any node"
+        return f"`dl-ray {command}` places trials on any node"
     workers = (raw.get("scaling") or {}).get("num_workers", 0)
     return f"scaling.num_workers={workers} places Ray Train workers on any node" if workers else None
 
@@ -64,14 +68,13 @@ def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: 
     """Refuse storage that one node cannot read back when the run may write from several nodes, now or once an
     autoscaler has added some (a cluster of one head with min_workers 0 grows when the job asks for workers)."""
     why = spreads(command, raw)
-    if (nodes <= 1 and not autoscaling) or why is None or storage.shared or (storage.is_uri and command == "train"):
+    if (nodes <= 1 and not autoscaling) or why is None or storage.shared or storage.is_uri:
         return
-    kind = "a bucket mirrored from the job's driver node" if storage.is_uri else "node-local (storage.shared: false)"
     size = f"{nodes} node(s) and an autoscaler that adds more" if autoscaling else f"{nodes} nodes"
-    raise SpecError(f"storage.path: {storage.path} is {kind}, but the cluster at {address} has {size} and {why}: "
+    raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but the cluster at {address} has {size} and {why}: "
                     "the run folder would be scattered over them. Use a filesystem every node mounts at the same path "
                     "(NFS, EFS, Filestore, a ReadWriteMany volume, a bucket mounted with gcsfuse / mountpoint-s3) with "
-                    "--set storage.path=/mnt/shared/runs --set storage.shared=true")
+                    "--set storage.path=/mnt/shared/runs --set storage.shared=true, or an s3:// / gs:// bucket")
 
 
 def autoscaling(address: str) -> bool:
@@ -181,7 +184,9 @@ def check_at_start(storage: StorageSpec, spreads: str | None) -> None:
     without ``dl-ray submit``, or one whose cluster grew since ``dl-ray submit`` checked it)."""
     import ray
 
-    if storage.is_uri:
+    from dl_ray.cluster.mirror import STORAGE_ENV
+
+    if storage.is_uri or os.environ.get(STORAGE_ENV):  # a bucket: each writer mirrors its files from its own node
         return
     if storage.shared:
         probe_shared(storage.path)
@@ -190,8 +195,8 @@ def check_at_start(storage: StorageSpec, spreads: str | None) -> None:
     if spreads and alive > 1:
         raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but this cluster has {alive} "
                         f"nodes and {spreads}: the run folder would be scattered over them. Use --set "
-                        "storage.path=/mnt/shared/runs --set storage.shared=true (a filesystem every node mounts) or, "
-                        "for training, an s3:// / gs:// bucket")
+                        "storage.path=/mnt/shared/runs --set storage.shared=true (a filesystem every node mounts) or "
+                        "an s3:// / gs:// bucket")
 
 
 def probe_shared(path: str, timeout_s: float = 120) -> None:

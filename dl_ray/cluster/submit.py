@@ -176,10 +176,11 @@ def _secrets_notes(online: bool, sent: dict[str, str]) -> list[str]:
 
 
 def entrypoint(sub: Submission, job_entry: str) -> str:
-    """The command the cluster runs: the job's own dl-ray command; in a bucket, training is told the bucket (Ray
-    Train writes there), other jobs are wrapped in the mirror (see :mod:`dl_ray.cluster.mirror`)."""
+    """The command the cluster runs: the job's own dl-ray command; in a bucket, training and sweeps are told the
+    bucket (Ray Train and Tune write there, each writer mirrors its files), an RL job is wrapped in the mirror (its
+    driver is its only writer; see :mod:`dl_ray.cluster.mirror`)."""
     command = ["dl-ray", sub.command, job_entry, *_as_set(sub.job_overrides)]
-    if sub.storage.is_uri and sub.command == "train":
+    if sub.storage.is_uri and sub.command in ("train", "tune"):
         command = ["env", f"{mirror.STORAGE_ENV}={sub.storage.path}", *command]
     elif sub.storage.is_uri:
         uri = sub.storage.path

@@ -50,10 +50,11 @@ def trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     from rich.console import Console
 
     from dl_ray.style.run import run
-    from dl_ray.tune.trial import trial_job
+    from dl_ray.tune.trial import kept_in_bucket, trial_job
 
-    spec, _ = trial_job(config, plan)
-    summary = run(spec, Console(quiet=True))
+    spec, run_dir = trial_job(config, plan)
+    with kept_in_bucket(plan, run_dir):
+        summary = run(spec, Console(quiet=True))
     final = summary["final"]
     ray.tune.report({"j_content": final["j_content"], "j_style": final["j_style"], "j": final["j"],
                      "j_style_drop": summary["j_style_drop"], "epoch": 1, "time/epoch_s": summary["time_s"]})

@@ -129,7 +129,8 @@ class Worker:
         self.state = Progress()
         self.direction = self.task.reports.get(spec.regularization.early_stopping.metric.partition("/")[2], "min")
         self.fail_at, self.first_step = FailAt(self.run_dir, self.rank), FirstStep()
-        self.bucket = mirror.for_run(self.run_dir) if self.rank == 0 else None  # [storage] a run kept in a bucket
+        self.bucket_uri = config.get("bucket")  # [storage] a run kept in a bucket (None: on a filesystem)
+        self.bucket = mirror.for_run(self.run_dir, self.bucket_uri) if self.rank == 0 and self.bucket_uri else None
 
     # ---- resume: Ray's checkpoint (a restarted worker group, a Tune trial), else the run folder's latest
     def resume(self) -> None:
@@ -246,8 +247,8 @@ class Worker:
                                    "first_step_at": self.first_step.at, "best_metric": s.best, "task": self.data.task,
                                    "kind": self.spec.kind}
         if outcome["status"] != statuses.FAILED:
-            if bucket := mirror.for_run(self.run_dir):  # [storage] the checkpoints Ray Train wrote into the bucket
-                bucket.pull()
+            if self.bucket_uri:  # [storage] the checkpoints Ray Train wrote into the bucket
+                mirror.for_run(self.run_dir, self.bucket_uri).pull()
             saved = checkpoints.saved(self.run_dir)
             if s.best_epoch and s.best_epoch in saved:
                 self.task.load_state_dict(checkpoints.read(saved[s.best_epoch])["model"])

@@ -214,7 +214,8 @@ def _trainer(spec: JobSpec, local: bool, direction: str):
         from ray.util.queue import Queue
 
         events = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-    loop_config = {"spec": spec.to_dict(), "run_dir": str(spec.run_dir), "local_mode": local, "progress": events}
+    loop_config = {"spec": spec.to_dict(), "run_dir": str(spec.run_dir), "local_mode": local, "progress": events,
+                   "bucket": mirror.run_uri(spec.run_dir)}  # [storage]
     if not local:
         loop_config["data"] = ship_data(spec)
     return torch_trainer(spec, loop_config, direction, local=local), events
@@ -254,7 +255,7 @@ def torch_trainer(spec: JobSpec, loop_config: dict[str, Any], direction: str, lo
             resources_per_worker=None if local else {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker},
         ),
         run_config=RunConfig(
-            name=spec.run_name, storage_path=os.environ.get(mirror.STORAGE_ENV) or str(spec.run_dir.parent),  # [storage]
+            name=spec.run_name, storage_path=_storage_path(spec, loop_config.get("bucket")),
             callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
             checkpoint_config=CheckpointConfig(
@@ -264,6 +265,11 @@ def torch_trainer(spec: JobSpec, loop_config: dict[str, Any], direction: str, lo
             ),
         ),
     )
+
+
+def _storage_path(spec: JobSpec, bucket: str | None) -> str:
+    """[storage] Where Ray Train keeps the run's checkpoints: the bucket folder the run is in, else the run folder's."""
+    return mirror.parent_uri(bucket) if bucket else str(spec.run_dir.parent)
 
 
 def _absolute_paths(spec: JobSpec) -> JobSpec:

@@ -35,7 +35,7 @@ def collect(grid, trials: dict[str, Any], sweep: Sweep) -> list[dict[str, Any]]:
         status = "ERROR" if result.error else (trial.status if trial is not None else "TERMINATED")
         error = " ".join(str(result.error).split())[:300] if result.error else ""
         rows.append(trial_row(sweep, Path(result.path).name, status, dict(result.metrics or {}), result.config,
-                              _history(result), round(sum(_column(result, "time/epoch_s")), 1), error))
+                              _history(result, sweep), round(sum(_column(result, "time/epoch_s")), 1), error))
     if sweep.tune.scheduler.name == "pbt":
         _pbt_columns(rows, sweep)
     return sorted(rows, key=lambda r: r["trial"])
@@ -91,9 +91,10 @@ def _column(result, name: str) -> list[float]:
     return [float(v) for v in frame[name] if v == v] if frame is not None and name in frame else []
 
 
-def _history(result) -> pd.DataFrame | None:
-    """The trial's own metrics.csv (after a PBT exploit: the donor's epochs, then its own), else Tune's."""
-    history = Path(result.path) / "metrics.csv"
+def _history(result, sweep: Sweep) -> pd.DataFrame | None:
+    """The trial's own metrics.csv (after a PBT exploit: the donor's epochs, then its own), else Tune's. Read in the
+    sweep's folder: ``result.path`` is in the bucket for a sweep kept in one."""
+    history = sweep.folder / Path(result.path).name / "metrics.csv"
     return pd.read_csv(history) if history.is_file() else result.metrics_dataframe
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from dl_ray.cluster import mirror
 from dl_ray.spec import JobSpec, SpecError, parse_spec
 from dl_ray.tune.spec import Sweep
 
@@ -91,13 +92,16 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     from dl_ray.tune.progress import ProgressCallback, SweepDisplay
 
     driver_address()  # a bad RAY_ADDRESS is refused before check() makes the trial's run folder
-    folder = sweep.folder
-    if resume and not tune.Tuner.can_restore(str(folder)):
-        raise SpecError(f"--resume: no sweep to resume in {folder} (run it without --resume to start it)")
+    folder, bucket = sweep.folder, mirror.run_uri(sweep.folder)  # [storage] a sweep sent to a bucket lives there
+    kept = bucket or str(folder)
+    if bucket:
+        mirror.for_run(folder, bucket, fresh=True, checkpoints=False)  # its files so far: sweep.yaml, results
+    if resume and not tune.Tuner.can_restore(kept):
+        raise SpecError(f"--resume: no sweep to resume in {kept} (run it without --resume to start it)")
     job = check(sweep)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own table instead of Tune's (with verbose=0: silent)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny trials checkpoint often
-    restoring = tune.Tuner.can_restore(str(folder))
+    restoring = tune.Tuner.can_restore(kept)
     _same_sweep(sweep, folder, restoring)
     quiet_ray(verbose)
     ensure_ray(verbose, job.tracking.wandb)
@@ -110,27 +114,40 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
     else:
         concurrency, cpus = (sweep.tune.max_concurrent_trials or
                              derived_concurrency(footprint(sweep, job), ray.cluster_resources(), console)), None
-    trainable = _trainable(sweep, job, cpus)
+    trainable = _trainable(sweep, job, cpus, bucket)
     where = ("in the trial process" if in_process(job) or sweep.tune.trial == "evaluate"
              else f"{max(job.scaling.num_workers, 1)} Ray workers each")
     console.print(headline(sweep, where, concurrency) + (" (resuming)" if restoring else ""), highlight=False)
     if restoring:
-        tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(kept, trainable, resume_unfinished=True, resume_errored=True)
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "sweep.yaml").write_text(yaml.safe_dump(_resolved(sweep), sort_keys=False))
+        in_step_with_bucket(lambda: (folder / "sweep.yaml").write_text(yaml.safe_dump(_resolved(sweep), sort_keys=False)), sweep)
         tuner = tune.Tuner(trainable, param_space=_param_space(sweep), tune_config=_tune_config(sweep, job, concurrency),
                            run_config=tune.RunConfig(
-                               name=sweep.name, storage_path=str(folder.parent), verbose=0, callbacks=[ProgressCallback()],
+                               name=sweep.name, storage_path=mirror.parent_uri(bucket) if bucket else str(folder.parent),
+                               verbose=0, callbacks=[ProgressCallback()],
                                failure_config=tune.FailureConfig(max_failures=sweep.tune.max_failures),
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(sweep))))
     from dl_ray.tune.results import save_progress
 
-    with SweepDisplay(sweep, console, save=functools.partial(save_progress, sweep=sweep)) as display, stop_on_sigterm(display):
+    save = functools.partial(in_step_with_bucket, functools.partial(save_progress, sweep=sweep), sweep)
+    with SweepDisplay(sweep, console, save=save) as display, stop_on_sigterm(display):
         grid = tuner.fit()
     from dl_ray.tune.trial import trial_folder_name
 
     return grid, {trial_folder_name(sweep.name, t.trial_id): t for t in display.trials}, display.stop_reason
+
+
+def in_step_with_bucket(write, sweep: Sweep, *args):
+    """``write(*args)``: the sweep's own files; in a bucket, written from the trials' files there and sent there."""
+    bucket = mirror.for_run(sweep.folder, checkpoints=False)
+    if bucket:
+        bucket.pull()
+    written = write(*args)
+    if bucket:
+        bucket.push()
+    return written
 
 
 @contextlib.contextmanager
@@ -196,12 +213,16 @@ def derived_concurrency(needs: dict[str, float], cluster: dict[str, float], cons
     return max(fits, 1)
 
 
-def _trainable(sweep: Sweep, job: JobSpec, cpus: float | None = None):
+def _trainable(sweep: Sweep, job: JobSpec, cpus: float | None = None, bucket: str | None = None):
+    """The trial function with its plan. ``bucket``: the sweep's URI; its trials then keep their folders in their own
+    node's scratch folder (the same path on every node) and mirror them there."""
     from ray import tune
 
+    from dl_ray.cluster import storage
     from dl_ray.tune.trial import evaluate_trial, train_trial
 
-    plan = {"sweep": sweep.name, "folder": str(sweep.folder), "job": sweep.trial_spec({}), "in_process": in_process(job),
+    folder = f"{storage.scratch_for(os.environ[mirror.STORAGE_ENV])}/{sweep.name}" if bucket else str(sweep.folder)
+    plan = {"sweep": sweep.name, "folder": folder, "bucket": bucket, "job": sweep.trial_spec({}), "in_process": in_process(job),
             "checkpoint_every_epoch": sweep.tune.scheduler.name == "pbt", "direction": sweep.direction}
     if sweep.own_kind is not None:
         return tune.with_resources(tune.with_parameters(sweep.own_kind.trial, plan=plan), footprint(sweep, job))
@@ -289,7 +310,8 @@ def command(path: str, overrides: list[str], console: Console, resume: bool = Fa
         console.print(yaml.safe_dump(_resolved(sweep), sort_keys=False), highlight=False)
         return 0
     grid, trials, stop_reason = run_sweep(sweep, console, resume=resume, verbose=verbose)
-    rows, best, stopped = write_outputs(grid, trials, sweep, console, _expected_trials(sweep), stop_reason)
+    write = functools.partial(write_outputs, grid, trials, sweep, console, _expected_trials(sweep), stop_reason)
+    rows, best, stopped = in_step_with_bucket(write, sweep)
     if stopped:
         done = sum(r["status"] not in ("pending", "interrupted") for r in rows)
         print(f"{'stopped' if stop_reason else 'interrupted'} ({stopped}) with {done} of {population(sweep)} trials finished: "

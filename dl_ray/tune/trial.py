@@ -7,10 +7,13 @@
 * ``evaluate_trial``: one checkpoint, scored by an evaluator with the sampled settings.
 
 Every trial is a run folder ``<sweep>/<sweep>_NNNNN`` (metrics.csv, checkpoints, W&B run in
-the sweep's group), so a trial started again resumes there instead of starting over.
+the sweep's group), so a trial started again resumes there instead of starting over. In a sweep kept
+in a bucket (``plan["bucket"]``) that folder is on the trial's node and mirrored to the bucket
+(:func:`kept_in_bucket`), so a trial restarted on another node finds it there.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -42,17 +45,38 @@ def trial_job(config: dict[str, Any], plan: dict[str, Any]) -> tuple[JobSpec, Pa
     return spec, spec.run_dir
 
 
-def train_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
-    from dl_ray.tracking import read_summary
+@contextlib.contextmanager
+def kept_in_bucket(plan: dict[str, Any], run_dir: Path, checkpoints: bool = True):
+    """[storage] In a sweep kept in a bucket: the trial's folder as the bucket holds it (a trial restarted on another
+    node), sent back when the trial ends however it ends. Yields the run's bucket URI (None: on a filesystem).
+    ``checkpoints=False``: the trial drives a TorchTrainer, whose workers own the checkpoint folders."""
+    from dl_ray.cluster import mirror
 
+    uri = f"{plan['bucket']}/{run_dir.name}" if plan.get("bucket") else None
+    bucket = mirror.for_run(run_dir, uri, checkpoints=checkpoints) if uri else None
+    try:
+        yield uri
+    finally:
+        if bucket:
+            bucket.push()
+
+
+def train_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     spec, run_dir = trial_job(config, plan)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with kept_in_bucket(plan, run_dir, checkpoints=plan["in_process"]) as bucket:
+        _train(spec, run_dir, plan, bucket)
+
+
+def _train(spec: JobSpec, run_dir: Path, plan: dict[str, Any], bucket: str | None) -> None:
+    from dl_ray.tracking import read_summary
+
     saved, done = run_dir / "spec.yaml", read_summary(run_dir)
     if done and done.get("final") and saved.is_file() and yaml.safe_load(saved.read_text()) == spec.to_dict():
         ray.tune.report(done["final"] | {"epoch": done["epochs_run"]})  # it finished before a killed driver noted it
         return
     saved.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    loop_config = {"spec": spec.to_dict(), "run_dir": str(run_dir)}
+    loop_config = {"spec": spec.to_dict(), "run_dir": str(run_dir), "bucket": bucket}
     if plan["in_process"]:
         from dl_ray.train.loop import train_loop_per_worker
         from dl_ray.train.session import TuneSession
@@ -133,6 +157,15 @@ def evaluate_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
 
     spec, run_dir = trial_job(config, plan)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with kept_in_bucket(plan, run_dir):
+        ray.tune.report(_evaluate(spec, run_dir, config, plan))
+
+
+def _evaluate(spec: JobSpec, run_dir: Path, config: dict[str, Any], plan: dict[str, Any]) -> dict[str, float]:
+    """An evaluate trial's metrics, its folder written (spec.yaml, summary.json) and its W&B run finished."""
+    from dl_ray.tracking import WandbRun
+    from dl_ray.tune.evaluators import EvalRequest, get_evaluator
+
     entry = get_evaluator(plan["evaluator"])
     settings = entry.config.model_validate({k.removeprefix(SETTINGS): v for k, v in config.items() if k.startswith(SETTINGS)})
     use_gpu = spec.scaling.use_gpu and torch.cuda.is_available()
@@ -142,7 +175,7 @@ def evaluate_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     tracker = WandbRun(spec, run_dir)
     tracker.log(metrics, step=1)
     tracker.finish(metrics)
-    ray.tune.report(metrics)
+    return metrics
 
 
 def _write_run_files(run_dir: Path, spec: JobSpec, plan: dict[str, Any], settings: dict[str, Any],

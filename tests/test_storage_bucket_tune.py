@@ -1,0 +1,67 @@
+"""A sweep whose folder lives in a bucket (a local S3 server speaking the real protocol), run as `dl-ray submit` runs
+it on a cluster: ``dl-ray tune`` with ``DL_RAY_STORAGE_URI`` set.
+
+On a cluster of several nodes the trials run where Ray places them and the driver cannot read their disks. The test
+stands for that on one machine: the driver's folder (its ``storage.path``) is not where the trials write (their
+node's scratch folder), so everything the driver reports about a trial had to come through the bucket."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dl_ray.cluster import storage
+from dl_ray.cluster.mirror import STORAGE_ENV
+from tests.conftest import ROOT
+from tests.test_storage import bucket, bucket_tree, s3_server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow  # two sweeps of two short trials
+SWEEP = ROOT / "jobs" / "sweeps" / "digits_tiny.yaml"
+
+
+def tune(driver_folder, uri: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    args = [a for o in (f"storage.path={driver_folder}", "tune.num_samples=2", "training.epochs=2", "tracking.wandb=disabled")
+            for a in ("--set", o)]
+    env = {**os.environ, **env, STORAGE_ENV: uri, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "dl_ray.cli", "tune", str(SWEEP), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300, check=False)
+
+
+def results(tree: dict[str, bytes]) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(tree["results.csv"].decode())))
+
+
+@pytest.mark.parametrize("bucket", ["s3"], indirect=True)
+def test_a_sweep_in_a_bucket_reads_its_trials_from_there_and_resumes_from_there_on_a_fresh_node(bucket, tmp_path, request):
+    uri, env = f"{bucket[0]}/runs", bucket[1]
+    trials_folder = storage.scratch_for(uri)  # where the trials write: their node's scratch folder
+    request.addfinalizer(lambda: shutil.rmtree(trials_folder, ignore_errors=True))
+    first = tune(tmp_path / "driver", uri, env)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    tree = bucket_tree(f"{uri}/digits_tiny")
+    summary, rows = json.loads(tree["summary.json"]), results(tree)
+    assert summary["status"] == "completed" and summary["outcomes"] == {"completed": 2}, summary
+    assert {"sweep.yaml", "curves.png", "best.yaml"} <= set(tree), sorted(tree)
+    for row in rows:  # the driver's figures of each trial come from the trial's metrics.csv, read through the bucket
+        trial = {name.split("/", 1)[1] for name in tree if name.startswith(f"{row['trial']}/")}
+        assert {"metrics.csv", "summary.json", "spec.yaml"} <= trial, sorted(trial)
+        assert any(name.startswith("checkpoint_") for name in trial), sorted(trial)  # Tune's and the loop's, in the bucket
+        assert float(row["train_s"]) > 0 and float(row["val/accuracy"]) > 0.5, row
+    driver = tmp_path / "driver" / "digits_tiny"
+    assert all((driver / row["trial"] / "metrics.csv").is_file() for row in rows)  # written elsewhere, read from the bucket
+    assert not list(driver.glob("*/checkpoint_*")), "the driver pulled the trials' checkpoints"
+
+    shutil.rmtree(tmp_path / "driver")
+    shutil.rmtree(trials_folder)  # the rerun lands on a node that never saw the sweep
+    second = tune(tmp_path / "driver", uri, env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "(resuming)" in second.stdout, second.stdout
+    again = bucket_tree(f"{uri}/digits_tiny")
+    assert [(r["trial"], r["val/accuracy"]) for r in results(again)] == [(r["trial"], r["val/accuracy"]) for r in rows]
