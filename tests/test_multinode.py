@@ -1,6 +1,7 @@
 """Training on a real 2-node Ray cluster on this machine with a shared run folder: one worker per node writes one
 run folder, and when a node is lost mid-run (``training.max_failures: 1``) the job resumes from the last checkpoint
-on the node left; a ``storage.shared`` path a node does not see stops the job before anything trains.
+on the node left; a ``storage.shared`` path a node does not see stops the job before anything trains; a run kept in
+a bucket (a local S3 server every node reaches) trains with one worker per node.
 
 The head has 2 CPUs and the second node 1; while a job holds one head CPU (a "blocker" entrypoint), a 2-worker job
 (1 CPU each) can only run one worker per node, and once the blocker is gone the head alone fits both again.
@@ -25,6 +26,7 @@ import requests
 from dl_ray.cluster import local
 from tests.conftest import write_job
 from tests.test_cluster_jobs import Cluster
+from tests.test_storage import bucket_tree, s3_env, s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # a 2-node Ray cluster, Ray Jobs, Ray Train on both nodes
 DIGITS = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"}, "optimizer": {"name": "adam", "lr": 0.01},
@@ -33,19 +35,27 @@ BLOCKER = "import sys; print('holding a head CPU', flush=True); open(sys.argv[1]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(s3_server) -> Iterator[Cluster]:
+    """The 2 nodes, started with the credentials and endpoint of the S3 server (as cloud nodes have their role's)."""
     folder = Path(tempfile.mkdtemp(prefix="dlray-mn-", dir="/tmp"))  # short: Ray's socket paths live under it
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    bucket_env = s3_env(s3_server)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *bucket_env)}
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(folder / "auth_token")
     try:
+        os.environ.update(bucket_env)  # the nodes' environment, not this process's: its tests say what they send
         state = local.up(folder, nodes=2, cpus=[2, 1], port=0, dashboard_port=0, temp_dir=folder / "ray")
+        restore(saved, keys=bucket_env)
         yield Cluster(folder, state.address, state.token_path)
     finally:
-        local.down(folder)
+        local.down(folder, timeout_s=5)  # after its jobs the head takes ~30 s to end on SIGTERM; the test needs no grace
         shutil.rmtree(folder, ignore_errors=True)
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        restore(saved)
+
+
+def restore(saved: dict[str, str | None], keys=None) -> None:
+    for key in keys or saved:
+        os.environ.pop(key, None) if saved[key] is None else os.environ.__setitem__(key, saved[key])
 
 
 @contextmanager
@@ -118,6 +128,27 @@ def test_a_bucket_unreachable_or_without_credentials_is_refused_before_upload(cl
         code, _, err = cluster.cli("submit", str(job), "--set", "storage.path=s3://b/runs", **env)
         assert code == 2 and err.startswith(start) and len(err.strip().splitlines()) == 1, err
     assert cluster.submission_ids() == before
+
+
+def test_a_run_kept_in_a_bucket_trains_with_one_worker_per_node(cluster, s3_server, tmp_path, monkeypatch):
+    from pyarrow import fs
+
+    fs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir("mn-runs")
+    job = write_job(tmp_path, "in_bucket", **DIGITS, training={"epochs": 2, "batch_size": 128, "keep_checkpoints": 1})
+    with holding_a_head_cpu(cluster, tmp_path):
+        code, out, err = cluster.cli("submit", str(job), "--set", "storage.path=s3://mn-runs/runs", **s3_env(s3_server))
+        assert code == 0, err
+        job_id = out.strip()
+        cluster.wait_until("the job ends", lambda: str(cluster.client().get_job_status(job_id)) in ("SUCCEEDED", "FAILED"),
+                           timeout_s=180)
+    assert str(cluster.client().get_job_status(job_id)) == "SUCCEEDED", cluster.client().get_job_logs(job_id)[-3000:]
+    assert len({w["node_id"] for w in train_workers(cluster, job_id)}) == 2  # one worker on each node
+    for name, value in s3_env(s3_server).items():  # bucket_tree reads with this process's environment
+        monkeypatch.setenv(name, value)
+    tree = bucket_tree("s3://mn-runs/runs/in_bucket")
+    summary = json.loads(tree["summary.json"])
+    assert summary["status"] == "completed" and summary["final"]["test/accuracy"] > 0.8, summary
+    assert {"metrics.csv", "spec.yaml", "checkpoint_epoch_0002/state.pt"} <= set(tree), sorted(tree)
 
 
 def test_a_node_lost_mid_run_resumes_from_the_last_checkpoint_on_the_node_left(cluster, tmp_path):
