@@ -1,7 +1,8 @@
 """Training on a real 2-node Ray cluster on this machine with a shared run folder: one worker per node writes one
 run folder, and when a node is lost mid-run (``training.max_failures: 1``) the job resumes from the last checkpoint
 on the node left; a ``storage.shared`` path a node does not see stops the job before anything trains; a run kept in
-a bucket (a local S3 server every node reaches) trains with one worker per node.
+a bucket (a local GCS server every node reaches) trains with one worker per node and a rerun on a node that never
+saw it resumes from the bucket.
 
 The head has 2 CPUs and the second node 1; while a job holds one head CPU (a "blocker" entrypoint), a 2-worker job
 (1 CPU each) can only run one worker per node, and once the blocker is gone the head alone fits both again.
@@ -23,10 +24,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from dl_ray.cluster import local
+from dl_ray.cluster import local, storage
 from tests.conftest import write_job
 from tests.test_cluster_jobs import Cluster
-from tests.test_storage import bucket_tree, s3_env, s3_server  # noqa: F401 (fixture)
+from tests.test_storage import bucket_tree, gcs_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # a 2-node Ray cluster, Ray Jobs, Ray Train on both nodes
 DIGITS = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"}, "optimizer": {"name": "adam", "lr": 0.01},
@@ -35,10 +36,10 @@ BLOCKER = "import sys; print('holding a head CPU', flush=True); open(sys.argv[1]
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server) -> Iterator[Cluster]:
-    """The 2 nodes, started with the credentials and endpoint of the S3 server (as cloud nodes have their role's)."""
+def cluster(gcs_server) -> Iterator[Cluster]:
+    """The 2 nodes, started with the credentials and endpoint of the GCS server (as cloud nodes have their own)."""
     folder = Path(tempfile.mkdtemp(prefix="dlray-mn-", dir="/tmp"))  # short: Ray's socket paths live under it
-    bucket_env = s3_env(s3_server)
+    bucket_env = gcs_server
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *bucket_env)}
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(folder / "auth_token")
@@ -130,25 +131,45 @@ def test_a_bucket_unreachable_or_without_credentials_is_refused_before_upload(cl
     assert cluster.submission_ids() == before
 
 
-def test_a_run_kept_in_a_bucket_trains_with_one_worker_per_node(cluster, s3_server, tmp_path, monkeypatch):
+def test_a_run_kept_in_a_bucket_trains_one_worker_per_node_and_a_rerun_elsewhere_resumes(cluster, gcs_server, tmp_path,
+                                                                                        monkeypatch, request):
+    import secrets
+
     from pyarrow import fs
 
-    fs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir("mn-runs")
+    for name, value in gcs_server.items():  # this process reaches the bucket too (to make it, to read it)
+        monkeypatch.setenv(name, value)
+    name = f"mn-{secrets.token_hex(4)}"
+    fs.GcsFileSystem().create_dir(name)
+    uri = f"gs://{name}/runs"
+    request.addfinalizer(lambda: shutil.rmtree(storage.scratch_for(uri), ignore_errors=True))
     job = write_job(tmp_path, "in_bucket", **DIGITS, training={"epochs": 2, "batch_size": 128, "keep_checkpoints": 1})
     with holding_a_head_cpu(cluster, tmp_path):
-        code, out, err = cluster.cli("submit", str(job), "--set", "storage.path=s3://mn-runs/runs", **s3_env(s3_server))
-        assert code == 0, err
-        job_id = out.strip()
-        cluster.wait_until("the job ends", lambda: str(cluster.client().get_job_status(job_id)) in ("SUCCEEDED", "FAILED"),
-                           timeout_s=180)
-    assert str(cluster.client().get_job_status(job_id)) == "SUCCEEDED", cluster.client().get_job_logs(job_id)[-3000:]
+        job_id = submit_and_wait(cluster, job, f"storage.path={uri}")
     assert len({w["node_id"] for w in train_workers(cluster, job_id)}) == 2  # one worker on each node
-    for name, value in s3_env(s3_server).items():  # bucket_tree reads with this process's environment
-        monkeypatch.setenv(name, value)
-    tree = bucket_tree("s3://mn-runs/runs/in_bucket")
+    tree = bucket_tree(f"{uri}/in_bucket")
     summary = json.loads(tree["summary.json"])
     assert summary["status"] == "completed" and summary["final"]["test/accuracy"] > 0.8, summary
     assert {"metrics.csv", "spec.yaml", "checkpoint_epoch_0002/state.pt"} <= set(tree), sorted(tree)
+
+    shutil.rmtree(storage.scratch_for(uri))  # the rerun lands on nodes that never saw the run
+    submit_and_wait(cluster, job, f"storage.path={uri}", "training.epochs=3")
+    again = bucket_tree(f"{uri}/in_bucket")
+    rows = list(csv.DictReader(again["metrics.csv"].decode().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["train/loss"] == list(csv.DictReader(tree["metrics.csv"].decode().splitlines()))[0]["train/loss"]
+    assert "checkpoint_epoch_0003/state.pt" in again and "checkpoint_epoch_0002/state.pt" not in again, sorted(again)
+
+
+def submit_and_wait(cluster: Cluster, job: Path, *overrides: str) -> str:
+    """``dl-ray submit`` the job (with this process's environment: it reaches the bucket), wait until it succeeded."""
+    code, out, err = cluster.cli("submit", str(job), *[a for o in overrides for a in ("--set", o)])
+    assert code == 0, err
+    job_id = out.strip()
+    cluster.wait_until("the job ends", lambda: str(cluster.client().get_job_status(job_id)) in ("SUCCEEDED", "FAILED"),
+                       timeout_s=180)
+    assert str(cluster.client().get_job_status(job_id)) == "SUCCEEDED", cluster.client().get_job_logs(job_id)[-3000:]
+    return job_id
 
 
 def test_a_node_lost_mid_run_resumes_from_the_last_checkpoint_on_the_node_left(cluster, tmp_path):

@@ -128,6 +128,33 @@ def test_distort_is_the_identity_when_off_and_each_part_moves_the_strokes():
     assert ((ink(thick) - ink(x)).abs() > 10).all()  # every copy thicker or thinner
 
 
+def test_the_projection_head_feeds_only_the_view_term_and_keeps_the_embedding():
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from dl_ray.models.base import ModelIO
+    from dl_ray.models.siamese import Siamese, SiameseConfig, distort
+
+    cfg = SiameseConfig(name="siamese", embedding_dim=16, view_weight=2.0, view_objective="ntxent", temperature=0.1,
+                        projection_dim=24, backbone={"channels": (4, 8), "hidden": (32, 16)})
+    torch.manual_seed(0)
+    model = Siamese(cfg, ModelIO((1, 28, 28), 10, "multiclass"))
+    x, labels = torch.randn(12, 1, 28, 28), torch.arange(12) % 3
+    emb = model(x)
+    assert emb.shape == (12, 16) and torch.allclose(emb.norm(dim=1), torch.ones(12))  # f(x), before the head
+    assert set(model.networks()) == {"embed", "project"}
+    torch.manual_seed(1)
+    loss = model.batch_loss(x, labels, SimpleNamespace(nets=model.networks(), autocast=nullcontext()))
+    torch.manual_seed(1)  # the same distorted copies, by hand: triplet loss on f, NT-Xent on g(f)
+    copies = model(distort(x, cfg))
+    total, count = ml.triplet_terms(ml.squared_distances(emb, emb), labels, labels, torch.arange(12), cfg.miner, cfg.margin)
+    z = F.normalize(model.project(torch.cat([emb, copies])), dim=1)
+    view_total, view_count = ml.ntxent_terms(z, torch.arange(12).repeat(2), cfg.temperature)
+    assert loss.item() == pytest.approx((total / count + 2.0 * view_total / view_count).item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.project.parameters())
+
+
 def test_threshold_and_verification_against_brute_force():
     rng = np.random.default_rng(0)
     same = rng.random(300) < 0.2
@@ -174,9 +201,14 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     ("data.train_classes=[7]", "data.train_classes: give at least two distinct digits among 0-9"),
     ("model.view_objective=simclr", "model.view_objective: Input should be 'triplet' or 'ntxent' (got 'simclr')"),
     ("model.temperature=0", "model.temperature: Input should be greater than 0 (got 0)"),
+    ("model.projection_dim=-1", "model.projection_dim: Input should be greater than or equal to 0 (got -1)"),
+    ("model.view_weight=0 model.projection_dim=32",
+     "model.projection_dim: the projection head serves only the NT-Xent view term: set view_weight > 0 and"),
+    ("model.view_objective=triplet model.projection_dim=32", "(got 3.0 and triplet), or projection_dim: 0 (got 32)"),
 ])
 def test_bad_siamese_fields_are_one_line_and_write_nothing(capsys, tmp_path, override, says):
-    code, err = run_cli(capsys, "train", str(JOB), "--set", override, "--set", f"storage.path={tmp_path}")
+    sets = [arg for item in override.split() for arg in ("--set", item)]
+    code, err = run_cli(capsys, "train", str(JOB), *sets, "--set", f"storage.path={tmp_path}")
     assert code == 2 and says in err, err
     assert not list(tmp_path.iterdir())
 

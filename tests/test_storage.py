@@ -148,6 +148,19 @@ def test_a_run_folder_goes_to_the_bucket_whole_overwrites_and_deletes_there(buck
     assert tree == {k: v for k, v in local_tree(here).items() if k != "metrics.tmp"}, sorted(tree)  # no folder left
 
 
+def test_a_run_started_again_on_a_node_keeps_nothing_the_bucket_lacks(bucket, tmp_path):
+    from dl_ray.cluster.mirror import for_run
+
+    uri = f"{bucket[0]}/runs/r1"
+    here = tmp_path / "r1"
+    write(here, "spec.yaml", b"name: r1\n")
+    Mirror(uri, here).push()
+    write(here, "checkpoint_epoch_0003/state.pt", b"left by an earlier run whose bucket folder was deleted")
+    write(here, "metrics.csv", b"epoch\n1\n2\n3\n")
+    assert for_run(here, uri, fresh=True, checkpoints=False) is not None  # whatever that mirror lists: all go
+    assert local_tree(here) == {"spec.yaml": b"name: r1\n"} and not (here / "checkpoint_epoch_0003").exists()
+
+
 def test_another_node_resumes_from_the_bucket_and_follows_its_pruning(bucket, tmp_path):
     from pyarrow import fs
 

@@ -49,13 +49,15 @@ def test_a_sweep_in_a_bucket_reads_its_trials_from_there_and_resumes_from_there_
     summary, rows = json.loads(tree["summary.json"]), results(tree)
     assert summary["status"] == "completed" and summary["outcomes"] == {"completed": 2}, summary
     assert {"sweep.yaml", "curves.png", "best.yaml"} <= set(tree), sorted(tree)
-    for row in rows:  # the driver's figures of each trial come from the trial's metrics.csv, read through the bucket
+    for row in rows:
         trial = {name.split("/", 1)[1] for name in tree if name.startswith(f"{row['trial']}/")}
         assert {"metrics.csv", "summary.json", "spec.yaml"} <= trial, sorted(trial)
         assert any(name.startswith("checkpoint_") for name in trial), sorted(trial)  # Tune's and the loop's, in the bucket
-        assert float(row["train_s"]) > 0 and float(row["val/accuracy"]) > 0.5, row
+        assert float(row["val/accuracy"]) > 0.5, row
     driver = tmp_path / "driver" / "digits_tiny"
-    assert all((driver / row["trial"] / "metrics.csv").is_file() for row in rows)  # written elsewhere, read from the bucket
+    for row in rows:  # the trials' histories (curves.png, results) were written elsewhere: read through the bucket
+        with (driver / row["trial"] / "metrics.csv").open() as f:
+            assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
     assert not list(driver.glob("*/checkpoint_*")), "the driver pulled the trials' checkpoints"
 
     shutil.rmtree(tmp_path / "driver")

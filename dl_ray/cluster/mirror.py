@@ -16,8 +16,8 @@ that node's scratch folder), and the sweep's driver mirrors the sweep's own file
 ``summary.json``, plots), reading the trials' results from the bucket, never from another node's disk.
 
 ``dl-ray dqn`` writes its run folder from its driver alone (actors and the learner return what it writes), so it
-is wrapped whole: ``python -m dl_ray.cluster.mirror URI SCRATCH RUN -- CMD...`` pulls ``URI/RUN`` into
-``SCRATCH/RUN``, runs ``CMD``, pushes every ``DL_RAY_MIRROR_EVERY_S`` seconds (30) and once more when ``CMD``
+is wrapped whole: ``python -m dl_ray.cluster.mirror URI SCRATCH RUN -- CMD...`` makes ``SCRATCH/RUN`` the copy of
+``URI/RUN``, runs ``CMD``, pushes every ``DL_RAY_MIRROR_EVERY_S`` seconds (30) and once more when ``CMD``
 ends, and exits with ``CMD``'s code (1 when the last push fails). Files are streamed, never read whole into memory.
 """
 from __future__ import annotations
@@ -81,6 +81,22 @@ class Mirror:
                 self.synced[name], copied = _stat(path), copied + 1
             self.seen[name] = stat
         return copied
+
+    def reset(self) -> int:
+        """Delete the local files the bucket does not hold (every file, whatever this mirror lists); returns how many.
+
+        The bucket is the run's record and the scratch folder only a copy: files an earlier run left on this node
+        (its bucket folder since deleted, a last push that never happened) must not make a rerun here resume from
+        what a rerun on any other node would not see. Only for the process that starts the run, before any other
+        writer of it runs."""
+        from pyarrow import fs
+
+        infos = self.fs.get_file_info(fs.FileSelector(self.remote, recursive=True, allow_not_found=True))
+        there = {i.path[len(self.remote) + 1:] for i in infos if i.type == fs.FileType.File}
+        stale = [p for p in self.local.rglob("*") if p.is_file() and p.relative_to(self.local).as_posix() not in there]
+        for path in stale:
+            _remove(self.local, path.relative_to(self.local).as_posix())
+        return len(stale)
 
     def push(self, checkpoints: bool = True) -> int:
         """Send files written here since the last sync, delete there what was deleted here; returns files sent.
@@ -190,7 +206,8 @@ def parent_uri(uri: str) -> str:
 
 def for_run(run_dir: Path, uri: str | None = None, fresh: bool = False, checkpoints: bool = True) -> Mirror | None:
     """This process's mirror of ``run_dir`` when its run lives in a bucket (``uri``, else :func:`run_uri`), pulled
-    on first use (``fresh``: a new run starts: a new mirror); None for a run on a filesystem."""
+    on first use; None for a run on a filesystem. ``fresh``: this process starts the run (a job's driver, a sweep
+    trial): a new mirror, and the local folder made the bucket's copy first (:meth:`Mirror.reset`)."""
     from dl_ray.errors import SpecError
 
     run_dir = Path(run_dir)
@@ -200,6 +217,8 @@ def for_run(run_dir: Path, uri: str | None = None, fresh: bool = False, checkpoi
     if fresh or run_dir not in _by_folder:
         try:
             mirror = Mirror(uri, run_dir, checkpoints)
+            if fresh:
+                mirror.reset()
             mirror.pull()
         except OSError as e:
             raise SpecError(f"storage.path: cannot read the run folder {uri}: {str(e).splitlines()[0]}") from None
@@ -214,6 +233,7 @@ def main(argv: list[str]) -> int:
     uri, scratch, run = argv[:3]
     command = argv[4:]
     mirror = Mirror(f"{uri.rstrip('/')}/{run}", Path(scratch) / run)
+    mirror.reset()
     print(f"[dl-ray mirror] {mirror.pull()} file(s) from {uri}/{run}; run folder on this node: {mirror.local}", flush=True)
     child = subprocess.Popen(command)
     with signals.handled(lambda signum, _frame: child.send_signal(signum)):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 from torchmetrics import Metric
 
@@ -87,6 +87,22 @@ class SiameseConfig(ModelConfig):
     temperature: float = Field(0.1, gt=0, le=1)
     """Temperature of ``view_objective: ntxent``: cosine similarities are divided by it (smaller = the closest
     negatives weigh more)."""
+    projection_dim: int = Field(0, ge=0)
+    """Width of SimCLR's projection head g (Linear, ReLU, Linear, then L2 normalisation) through which the view
+    term sees the embedding: NT-Xent scores g(f(x)), the triplet loss and one-shot recognition use f(x) before
+    it, so what the view term needs invariance to can be discarded by g instead of by f (0 = no head, the view
+    term scores f(x) itself). Needs ``view_weight`` > 0 and ``view_objective: ntxent``. Off in the one-shot job:
+    its view term helps unseen digits by making f itself tell any two images apart, and with a head only g has
+    to (benchmarks/README.md)."""
+
+    @field_validator("projection_dim")
+    @classmethod
+    def _head_needs_the_view_term(cls, dim: int, info: ValidationInfo) -> int:
+        weight, objective = info.data.get("view_weight", 0), info.data.get("view_objective")
+        if dim and not (weight > 0 and objective == "ntxent"):
+            raise ValueError(f"the projection head serves only the NT-Xent view term: set view_weight > 0 and "
+                             f"view_objective: ntxent (got {weight} and {objective}), or projection_dim: 0")
+        return dim
 
 
 def distort(x: torch.Tensor, cfg: SiameseConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -163,13 +179,17 @@ class Siamese(Task):
         self.embed = EmbeddingNet(cfg, io, dropout)
         self.head = nn.Linear(cfg.embedding_dim, 1) if cfg.route == "pairs" else None
         """The logistic unit sigmoid(w . |f(x1) - f(x2)| + b) of the pairs route."""
+        p = cfg.projection_dim
+        self.project = nn.Sequential(nn.Linear(cfg.embedding_dim, p), nn.ReLU(), nn.Linear(p, p)) if p else None
+        """SimCLR's projection head g of the view term (``projection_dim``); not part of the embedding."""
 
     @property
     def train_reports(self) -> dict[str, Direction]:
         return {"loss": "min"}
 
     def networks(self) -> dict[str, nn.Module]:
-        return {"embed": self.embed} | ({"head": self.head} if self.head is not None else {})
+        extra = {"head": self.head, "project": self.project}
+        return {"embed": self.embed} | {name: net for name, net in extra.items() if net is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)
@@ -209,11 +229,14 @@ class Siamese(Task):
     def view_loss(self, x: torch.Tensor, emb: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """``view_objective`` over the batch's embeddings ``emb`` and those of a distorted copy (:func:`distort`) of
         its images ``x`` (already distorted with ``distort_inputs``: the copy strays further), each image and its
-        copy a class of two."""
+        copy a class of two; both through the projection head when there is one (``projection_dim``)."""
         with ctx.autocast:
             copies = ctx.nets["embed"](distort(x, self.cfg))
         ids = torch.arange(len(x), device=x.device).repeat(2)
         both = torch.cat([emb, copies])
+        if self.project is not None:
+            with ctx.autocast:
+                both = F.normalize(ctx.nets["project"](both).float(), dim=1)
         if self.cfg.view_objective == "ntxent":
             total, count = ml.ntxent_terms(both, ids, self.cfg.temperature)
         else:

@@ -34,8 +34,9 @@ def collect(grid, trials: dict[str, Any], sweep: Sweep) -> list[dict[str, Any]]:
         trial = trials.get(Path(result.path).name)
         status = "ERROR" if result.error else (trial.status if trial is not None else "TERMINATED")
         error = " ".join(str(result.error).split())[:300] if result.error else ""
+        frame = _history(result, sweep)
         rows.append(trial_row(sweep, Path(result.path).name, status, dict(result.metrics or {}), result.config,
-                              _history(result, sweep), round(sum(_column(result, "time/epoch_s")), 1), error))
+                              frame, _train_s(frame), error))
     if sweep.tune.scheduler.name == "pbt":
         _pbt_columns(rows, sweep)
     return sorted(rows, key=lambda r: r["trial"])
@@ -53,9 +54,8 @@ def finished_rows(trials: list[Any], sweep: Sweep) -> list[dict[str, Any]]:
         name = trial_folder_name(sweep.name, t.trial_id)
         history = sweep.folder / name / "metrics.csv"
         frame = pd.read_csv(history) if history.is_file() else None
-        train_s = round(float(frame["time/epoch_s"].sum()), 1) if frame is not None and "time/epoch_s" in frame else 0.0
         error = f"failed: see {t.error_file}" if t.status == "ERROR" else ""
-        rows.append(trial_row(sweep, name, t.status, dict(t.last_result or {}), t.config, frame, train_s, error))
+        rows.append(trial_row(sweep, name, t.status, dict(t.last_result or {}), t.config, frame, _train_s(frame), error))
     return sorted(rows, key=lambda r: r["trial"])
 
 
@@ -86,9 +86,9 @@ def _pbt_columns(rows: list[dict[str, Any]], sweep: Sweep) -> None:
                            if e["trial"] == short_id and int(e["epoch"]) in curve]
 
 
-def _column(result, name: str) -> list[float]:
-    frame = result.metrics_dataframe
-    return [float(v) for v in frame[name] if v == v] if frame is not None and name in frame else []
+def _train_s(frame: pd.DataFrame | None) -> float:
+    """Seconds of training epochs, from the trial's history."""
+    return round(float(frame["time/epoch_s"].sum()), 1) if frame is not None and "time/epoch_s" in frame else 0.0
 
 
 def _history(result, sweep: Sweep) -> pd.DataFrame | None:

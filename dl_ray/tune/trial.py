@@ -53,7 +53,7 @@ def kept_in_bucket(plan: dict[str, Any], run_dir: Path, checkpoints: bool = True
     from dl_ray.cluster import mirror
 
     uri = f"{plan['bucket']}/{run_dir.name}" if plan.get("bucket") else None
-    bucket = mirror.for_run(run_dir, uri, checkpoints=checkpoints) if uri else None
+    bucket = mirror.for_run(run_dir, uri, fresh=True, checkpoints=checkpoints) if uri else None
     try:
         yield uri
     finally:
