@@ -89,13 +89,9 @@ class Mirror:
         (its bucket folder since deleted, a last push that never happened) must not make a rerun here resume from
         what a rerun on any other node would not see. Only for the process that starts the run, before any other
         writer of it runs."""
-        from pyarrow import fs
-
-        infos = self.fs.get_file_info(fs.FileSelector(self.remote, recursive=True, allow_not_found=True))
-        there = {i.path[len(self.remote) + 1:] for i in infos if i.type == fs.FileType.File}
-        stale = [p for p in self.local.rglob("*") if p.is_file() and p.relative_to(self.local).as_posix() not in there]
-        for path in stale:
-            _remove(self.local, path.relative_to(self.local).as_posix())
+        stale = self._local_files(every=True).keys() - self._remote_files(every=True).keys()
+        for name in stale:
+            _remove(self.local, name)
         return len(stale)
 
     def push(self, checkpoints: bool = True) -> int:
@@ -120,11 +116,12 @@ class Mirror:
             self.synced[name], self.seen[name] = stat, SENT
         return len(changed)
 
-    def _local_files(self) -> dict[str, tuple[int, int]]:
+    def _local_files(self, every: bool = False) -> dict[str, tuple[int, int]]:
+        """Files here by name: those this mirror lists, or ``every`` one."""
         found = {}
         for path in self.local.rglob("*") if self.local.is_dir() else []:
             name = path.relative_to(self.local).as_posix()
-            if path.is_file() and self._listed(name):
+            if path.is_file() and (every or self._listed(name)):
                 found[name] = _stat(path)
         return found
 
@@ -133,12 +130,13 @@ class Mirror:
         return (not any(part.endswith(SKIPPED) or part.startswith(".tmp") for part in parts)
                 and (self.checkpoints or not any(part.startswith("checkpoint_") for part in parts[:-1])))
 
-    def _remote_files(self) -> dict[str, tuple[int, int]]:
+    def _remote_files(self, every: bool = False) -> dict[str, tuple[int, int]]:
+        """Files in the bucket folder by name: all of them for a mirror of checkpoints too, or ``every`` one."""
         from pyarrow import fs
 
         infos = self.fs.get_file_info(fs.FileSelector(self.remote, recursive=True, allow_not_found=True))
         files = {i.path[len(self.remote) + 1:]: (i.size, i.mtime_ns or 0) for i in infos if i.type == fs.FileType.File}
-        return {name: stat for name, stat in files.items() if self.checkpoints or self._listed(name)}
+        return {name: stat for name, stat in files.items() if every or self.checkpoints or self._listed(name)}
 
     def _copy(self, source: str, destination: str, download: bool) -> None:
         from pyarrow import fs

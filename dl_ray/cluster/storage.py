@@ -26,6 +26,7 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
+from dl_ray.cluster.mirror import STORAGE_ENV
 from dl_ray.spec import SpecError, StorageSpec, describe
 
 SCRATCH = "/tmp/dl_ray-storage"  # per-node folder a bucket-backed run writes to (the same path on every node)
@@ -71,8 +72,8 @@ def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: 
     if (nodes <= 1 and not autoscaling) or why is None or storage.shared or storage.is_uri:
         return
     size = f"{nodes} node(s) and an autoscaler that adds more" if autoscaling else f"{nodes} nodes"
-    raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but the cluster at {address} has {size} and {why}: "
-                    "the run folder would be scattered over them. Use a filesystem every node mounts at the same path "
+    raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but the cluster at {address} "
+                    f"has {size} and {why}: the run folder would be scattered over them. Use a filesystem every node mounts at the same path "
                     "(NFS, EFS, Filestore, a ReadWriteMany volume, a bucket mounted with gcsfuse / mountpoint-s3) with "
                     "--set storage.path=/mnt/shared/runs --set storage.shared=true, or an s3:// / gs:// bucket")
 
@@ -183,8 +184,6 @@ def check_at_start(storage: StorageSpec, spreads: str | None) -> None:
     says why it does: Ray Train workers, Tune trials) on a cluster of several (a job started on a cluster
     without ``dl-ray submit``, or one whose cluster grew since ``dl-ray submit`` checked it)."""
     import ray
-
-    from dl_ray.cluster.mirror import STORAGE_ENV
 
     if storage.is_uri or os.environ.get(STORAGE_ENV):  # a bucket: each writer mirrors its files from its own node
         return

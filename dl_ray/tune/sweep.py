@@ -122,7 +122,7 @@ def run_sweep(sweep: Sweep, console: Console, resume: bool = False, verbose: boo
         tuner = tune.Tuner.restore(kept, trainable, resume_unfinished=True, resume_errored=True)
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        in_step_with_bucket(lambda: (folder / "sweep.yaml").write_text(yaml.safe_dump(_resolved(sweep), sort_keys=False)), sweep)
+        in_step_with_bucket((folder / "sweep.yaml").write_text, sweep, yaml.safe_dump(_resolved(sweep), sort_keys=False))
         tuner = tune.Tuner(trainable, param_space=_param_space(sweep), tune_config=_tune_config(sweep, job, concurrency),
                            run_config=tune.RunConfig(
                                name=sweep.name, storage_path=mirror.parent_uri(bucket) if bucket else str(folder.parent),

@@ -152,9 +152,6 @@ def _finish_wandb() -> None:
 
 
 def evaluate_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
-    from dl_ray.tracking import WandbRun
-    from dl_ray.tune.evaluators import EvalRequest, get_evaluator
-
     spec, run_dir = trial_job(config, plan)
     run_dir.mkdir(parents=True, exist_ok=True)
     with kept_in_bucket(plan, run_dir):
