@@ -18,7 +18,7 @@ import yaml
 
 from dl_ray.cluster import ClusterError, storage
 from dl_ray.cluster.client import connect
-from dl_ray.cluster.mirror import Mirror, delete_folder
+from dl_ray.cluster.mirror import STORAGE_ENV, Mirror, delete_folder
 from dl_ray.cluster.submit import entrypoint, prepare
 from dl_ray.spec import SpecError, StorageSpec
 
@@ -204,6 +204,41 @@ def test_the_driver_never_sends_back_a_checkpoint_pruned_in_the_bucket(bucket, t
     assert set(bucket_tree(uri)) == {"metrics.csv", "spec.yaml"}
 
 
+def test_a_worker_restoring_a_bucket_checkpoint_reads_it_whole_while_another_deletes_rays_shared_copy(s3, tmp_path):
+    """Ray's ``Checkpoint.as_directory`` downloads a bucket checkpoint into one folder per node, and the worker that
+    finishes reading first deletes it, holding Ray's lock on it; a worker of the same node that comes in then waits for
+    that lock and is handed the folder empty (a rerun's start failed so, now and then, with two workers on a node).
+    Here another worker is mid-deletion: Ray's folder is empty and its lock held. ``checkpoints.opened`` still reads
+    the whole checkpoint, from a folder of its own, without waiting."""
+    from ray.air._internal.filelock import TempFileLock
+    from ray.train import Checkpoint
+
+    from dl_ray.train import checkpoints
+
+    saved = {"state.pt": os.urandom(100_000), "metrics.json": b'{"epoch": 2}'}
+    for name, data in saved.items():
+        write(tmp_path / "checkpoint_epoch_0002", name, data)
+    Mirror(f"s3://{s3}/run", tmp_path).push()
+    checkpoint = Checkpoint(f"s3://{s3}/run/checkpoint_epoch_0002")
+    shared = Path(checkpoint._get_temporary_checkpoint_dir())
+    shared.mkdir()
+    read = {}
+
+    def restore():
+        with checkpoints.opened(checkpoint) as folder:
+            read.update(folder=folder, tree=local_tree(folder))
+
+    try:
+        with TempFileLock(str(shared), timeout=0):  # the other worker, deleting Ray's copy
+            reader = threading.Thread(target=restore)
+            reader.start()
+            reader.join(timeout=30)  # as_directory would wait here for the lock, then read an empty folder
+            assert not reader.is_alive(), "the restore waited on another worker's lock"
+    finally:
+        shared.rmdir()
+    assert read["tree"] == saved and read["folder"] != shared and not read["folder"].exists()
+
+
 def test_a_reachable_bucket_passes_and_a_missing_one_is_one_line(bucket):
     scheme = bucket[0].split(":")[0]
     storage.check_bucket(f"{bucket[0]}/runs")
@@ -261,6 +296,22 @@ def test_bucket_training_and_sweep_jobs_are_told_their_bucket_and_an_rl_job_is_m
     rl.write_text(yaml.safe_dump({"kind": "dqn", "name": "rl", "env": {"id": "CartPole-v1"}}))
     sub = prepare(str(rl), None, ["storage.path=gs://bucket/runs"], ["train", "tune", "dqn"])
     assert entrypoint(sub, "_dl_ray_job/rl.yaml").startswith(f"python -m dl_ray.cluster.mirror gs://bucket/runs {scratch} rl -- ")
+
+
+def test_submitting_an_evaluate_sweep_to_a_bucket_looks_for_its_run_there_and_refuses_one_it_lacks(s3, tmp_path, capsys,
+                                                                                                    monkeypatch):
+    from dl_ray.cli import main
+
+    sweep = tmp_path / "beam.yaml"
+    sweep.write_text(yaml.safe_dump({"kind": "sweep", "name": "beam", "tune": {
+        "trial": "evaluate", "checkpoint": "dates_attention", "metric": "val/accuracy",
+        "space": {"model.beam_width": {"grid": [1, 3]}}}}))
+    monkeypatch.setenv("COLUMNS", "200")
+    code = main(["submit", str(sweep), "--set", f"storage.path=s3://{s3}/runs", "--address", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err  # the dry run, told the bucket as the cluster will be, found no run there
+    assert code == 2 and err == (f"error: tune.checkpoint: s3://{s3}/runs/dates_attention holds no file (expected a run "
+                                 "folder or a checkpoint_epoch_NNNN folder)\n")
+    assert os.environ.get(STORAGE_ENV) is None
 
 
 def test_autoscaling_clusters_count_as_several_nodes():

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from dl_ray.cluster import storage
 from dl_ray.cluster.mirror import STORAGE_ENV
@@ -25,11 +26,11 @@ pytestmark = pytest.mark.slow  # two sweeps of two short trials
 SWEEP = ROOT / "jobs" / "sweeps" / "digits_tiny.yaml"
 
 
-def tune(driver_folder, uri: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    args = [a for o in (f"storage.path={driver_folder}", "tune.num_samples=2", "training.epochs=2", "tracking.wandb=disabled")
-            for a in ("--set", o)]
+def tune(driver_folder, uri: str, env: dict[str, str], sweep=SWEEP, *overrides: str) -> subprocess.CompletedProcess:
+    settings = ("tune.num_samples=2", "training.epochs=2") if sweep == SWEEP else ()
+    args = [a for o in (f"storage.path={driver_folder}", *settings, "tracking.wandb=disabled", *overrides) for a in ("--set", o)]
     env = {**os.environ, **env, STORAGE_ENV: uri, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "dl_ray.cli", "tune", str(SWEEP), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dl_ray.cli", "tune", str(sweep), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300, check=False)
 
 
@@ -67,3 +68,35 @@ def test_a_sweep_in_a_bucket_reads_its_trials_from_there_and_resumes_from_there_
     assert "(resuming)" in second.stdout, second.stdout
     again = bucket_tree(f"{uri}/digits_tiny")
     assert [(r["trial"], r["val/accuracy"]) for r in results(again)] == [(r["trial"], r["val/accuracy"]) for r in rows]
+
+
+@pytest.mark.parametrize("bucket", ["s3"], indirect=True)
+def test_an_evaluate_sweep_in_a_bucket_scores_a_run_trained_into_that_bucket_from_a_node_that_never_saw_it(
+        bucket, tmp_path, request):
+    from dl_ray.cli import main
+
+    uri, env = f"{bucket[0]}/runs", bucket[1]
+    scratch = storage.scratch_for(uri)  # where `dl-ray submit` points a bucket job's storage.path, on every node
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    job = tmp_path / "trained.yaml"
+    job.write_text(yaml.safe_dump({"model": {"name": "mlp", "hidden": [32], "activation": "relu"}, "data": {"name": "digits"},
+                                   "optimizer": {"lr": 0.01}, "training": {"epochs": 3}, "tracking": {"wandb": "disabled"}}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(STORAGE_ENV, uri)
+        assert main(["train", str(job), "--set", f"storage.path={scratch}"]) == 0
+    trained = json.loads(bucket_tree(f"{uri}/trained")["summary.json"])["final"]
+    shutil.rmtree(scratch)  # the sweep runs on a node that never saw the run: it is only in the bucket
+
+    sweep = tmp_path / "activation.yaml"
+    sweep.write_text(yaml.safe_dump({"kind": "sweep", "name": "activation", "tune": {
+        "trial": "evaluate", "checkpoint": "trained", "metric": "val/accuracy", "search": "grid", "num_samples": 1,
+        "space": {"model.activation": {"grid": ["relu", "tanh"]}}}}))
+    done = tune(tmp_path / "driver", uri, env, sweep)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {r["model.activation"]: r for r in results(bucket_tree(f"{uri}/activation"))}
+    assert float(rows["relu"]["val/accuracy"]) == pytest.approx(trained["val/accuracy"], abs=1e-9)
+    assert float(rows["tanh"]["val/accuracy"]) < trained["val/accuracy"]
+
+    missing = tune(tmp_path / "driver", uri, env, sweep, "tune.checkpoint=not_trained", "name=missing")
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        f"error: tune.checkpoint: {uri}/not_trained holds no file (expected a run folder or a checkpoint_epoch_NNNN folder)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -88,7 +89,7 @@ def _submit(args, main, subcommands, err: Console) -> int:
         sub = prepare(args.job, sub.command, [*args.overrides, *extra], job_commands(subcommands))
     if meaning:
         print(meaning, file=sys.stderr)
-    with contextlib.redirect_stdout(io.StringIO()):  # the dry run prints the resolved job; we only want its verdict
+    with contextlib.redirect_stdout(io.StringIO()), _environment(sub.env):  # the dry run prints the job: its verdict only
         code = main(sub.dry_run_argv())
     if code:
         return code
@@ -103,6 +104,18 @@ def _submit(args, main, subcommands, err: Console) -> int:
     from dl_ray.cluster.client import connect
 
     return jobs.logs(connect(address), address, submission_id, follow=True, console=err)
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """These variables set while the block runs, as they were after it."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 def _jobs(args, console: Console) -> int:

@@ -202,6 +202,28 @@ def parent_uri(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
 
+def fetched(uri: str, field: str) -> Path:
+    """A run folder (or one of its checkpoints) kept in a bucket, copied into this node's scratch folder for its
+    bucket folder: the same path on every node, so each node that needs it (an evaluate sweep's driver, each of its
+    trials) fetches it to where the others look. Files already here are not fetched again."""
+    from dl_ray.cluster import storage  # storage imports this module
+    from dl_ray.errors import SpecError
+
+    try:
+        storage.check_bucket(uri)  # credentials and the bucket, before a request that could wait on them
+    except SpecError as e:
+        raise SpecError(f"{field}: {str(e).removeprefix('storage.path: ')}") from None
+    parent, name = uri.rstrip("/").rsplit("/", 1)
+    local = Path(storage.scratch_for(parent)) / name
+    try:
+        Mirror(uri, local).pull()
+    except OSError as e:
+        raise SpecError(f"{field}: cannot read {uri}: {str(e).splitlines()[0]}") from None
+    if not local.is_dir():
+        raise SpecError(f"{field}: {uri} holds no file (expected a run folder or a checkpoint_epoch_NNNN folder)")
+    return local
+
+
 def for_run(run_dir: Path, uri: str | None = None, fresh: bool = False, checkpoints: bool = True) -> Mirror | None:
     """This process's mirror of ``run_dir`` when its run lives in a bucket (``uri``, else :func:`run_uri`), pulled
     on first use; None for a run on a filesystem. ``fresh``: this process starts the run (a job's driver, a sweep

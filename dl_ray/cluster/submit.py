@@ -74,8 +74,15 @@ class Submission:
             return [*self.overrides, f"storage.path={storage.scratch_for(self.storage.path)}"]
         return self.overrides
 
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables the job's command runs with on the cluster: a training job or sweep sent to a bucket is told
+        the bucket (Ray Train and Tune write there, each writer mirrors its files; see :mod:`dl_ray.cluster.mirror`)."""
+        return {mirror.STORAGE_ENV: self.storage.path} if self.storage.is_uri and self.command in ("train", "tune") else {}
+
     def dry_run_argv(self) -> list[str]:
-        """The job's own command with ``--dry-run``: validates the job here exactly as the cluster will read it."""
+        """The job's own command with ``--dry-run``: validates the job here exactly as the cluster will read it
+        (run with :attr:`env` set)."""
         return [self.command, str(self.job_file), *_as_set(self.job_overrides), "--dry-run"]
 
 
@@ -180,8 +187,8 @@ def entrypoint(sub: Submission, job_entry: str) -> str:
     bucket (Ray Train and Tune write there, each writer mirrors its files), an RL job is wrapped in the mirror (its
     driver is its only writer; see :mod:`dl_ray.cluster.mirror`)."""
     command = ["dl-ray", sub.command, job_entry, *_as_set(sub.job_overrides)]
-    if sub.storage.is_uri and sub.command in ("train", "tune"):
-        command = ["env", f"{mirror.STORAGE_ENV}={sub.storage.path}", *command]
+    if sub.env:
+        command = ["env", *(f"{name}={value}" for name, value in sub.env.items()), *command]
     elif sub.storage.is_uri:
         uri = sub.storage.path
         command = ["python", "-m", "dl_ray.cluster.mirror", uri, storage.scratch_for(uri), sub.run_name, "--", *command]

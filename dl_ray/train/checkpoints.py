@@ -11,11 +11,14 @@ plain Python (int, float, str, bool, None, list, tuple, dict), never objects who
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,23 @@ def read(folder: str | Path) -> dict[str, Any]:
     if "optimizer" in saved:  # written before optimizers had names: the one optimizer is "main"
         saved["optimizers"], saved["schedulers"] = {"main": saved.pop("optimizer")}, {"main": saved.pop("scheduler")}
     return saved
+
+
+@contextlib.contextmanager
+def opened(checkpoint) -> Iterator[Path]:
+    """A Ray checkpoint (``ray.train.Checkpoint``) as a folder this process alone reads.
+
+    A checkpoint in a bucket is downloaded into a temporary folder of this process's own. Ray's
+    ``as_directory`` shares one download folder per checkpoint among the processes of a node, and the first
+    reader to finish deletes it: a second worker of that node that comes in just then is handed the folder
+    empty (tests/test_storage.py shows it), so a rerun of a bucket job failed at start now and then."""
+    from pyarrow import fs
+
+    if isinstance(checkpoint.filesystem, fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="dl_ray-restore-") as tmp:
+        yield Path(checkpoint.to_directory(tmp))
 
 
 def saved(run_dir: Path) -> dict[int, Path]:

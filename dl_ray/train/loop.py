@@ -136,7 +136,7 @@ class Worker:
     def resume(self) -> None:
         resume = self.ray.get_checkpoint()  # [Ray]
         if resume is not None:
-            with resume.as_directory() as folder:
+            with checkpoints.opened(resume) as folder:
                 saved = checkpoints.read(folder)
         else:
             folder = checkpoints.latest(self.run_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dl_ray import kinds
-from dl_ray.spec import JobSpec, SpecError, StorageSpec, describe, apply_override, parse_spec, read_mapping, set_path
+from dl_ray.spec import (STORAGE_SCHEMES, JobSpec, SpecError, StorageSpec, apply_override, describe, parse_spec, read_mapping,
+                          set_path)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SWEEPABLE = ("model", "data", "optimizer", "schedule", "regularization", "training")
@@ -181,7 +183,8 @@ class TuneSpec(BaseModel):
     """train: each trial trains the job; evaluate: each trial evaluates one checkpoint with the sampled settings."""
     checkpoint: str | None = None
     """evaluate: a run under storage.path (e.g. dates_attention: its best checkpoint, else its latest), or a run or
-    checkpoint folder's path (relative: from the working directory)."""
+    checkpoint folder's path (relative: from the working directory), or its s3:// / gs:// URI. A sweep sent to a
+    bucket finds its runs there (dates_attention: storage.path's URI/dates_attention)."""
     evaluator: str = "eval_metrics"
     """evaluate: a registered evaluator (see dl_ray.tune.evaluators) or 'package.module:function'."""
     split: Literal["val", "test"] = "val"
@@ -210,6 +213,9 @@ class Sweep:
     space: dict[str, Distribution]
     checkpoint: Path | None = None
     """evaluate trials: the checkpoint folder."""
+    checkpoint_bucket: str | None = None
+    """evaluate trials: the URI of the run (or checkpoint) folder ``checkpoint`` is this node's copy of; each trial
+    fetches it to the same path on its own node."""
     direction: str = "min"
     """min or max: the base job's early-stopping metric, as its task reports it (set by the sweep's check)."""
 
@@ -261,13 +267,16 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     except ValidationError as e:
         raise SpecError(describe(e, TuneSpec, "tune.")) from None
     name = str(raw["name"])
-    checkpoint = None
+    checkpoint = bucket = None
     if tune.trial == "evaluate":
+        from dl_ray.cluster import mirror
         from dl_ray.tune.evaluators import resolve_checkpoint
 
         if not tune.checkpoint:
             raise SpecError("tune.checkpoint: evaluate trials need the checkpoint (or run folder) to evaluate")
-        checkpoint = resolve_checkpoint(evaluated_run(tune.checkpoint, raw, path))
+        bucket = evaluated_bucket(tune.checkpoint)
+        run = mirror.fetched(bucket, "tune.checkpoint") if bucket else evaluated_run(tune.checkpoint, raw, path)
+        checkpoint = resolve_checkpoint(run)
         base = yaml.safe_load((checkpoint / "spec.yaml").read_text())
     else:
         base = _load_base(path, raw.pop("base")) if "base" in raw else {}
@@ -276,9 +285,24 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     job_raw["name"] = name
     job = parse_job(job_raw)
     space = {key: parse_distribution(f"tune.space.{key}", value) for key, value in tune.space.items()}
-    sweep = Sweep(name, job, job_raw, tune, space, checkpoint)
+    sweep = Sweep(name, job, job_raw, tune, space, checkpoint, bucket)
     check_space(sweep)
     return sweep
+
+
+def evaluated_bucket(given: str) -> str | None:
+    """``tune.checkpoint`` kept in a bucket: its URI as given, or a run in the sweep's own bucket (a sweep sent to
+    one is told it in $DL_RAY_STORAGE_URI; its storage.path is then a scratch folder); None for a folder here."""
+    from dl_ray.cluster.mirror import STORAGE_ENV
+
+    if "://" in given:
+        scheme = given.partition("://")[0]
+        if scheme not in STORAGE_SCHEMES:
+            raise SpecError(f"tune.checkpoint: {given}: unknown scheme {scheme!r}; allowed: a folder path, "
+                            f"{' or '.join(f'{s}://bucket/prefix' for s in STORAGE_SCHEMES)}")
+        return given.rstrip("/")
+    root = os.environ.get(STORAGE_ENV)
+    return f"{root.rstrip('/')}/{given}" if root and not Path(given).is_absolute() else None
 
 
 def evaluated_run(given: str, raw: dict[str, Any], sweep_file: Path) -> Path:

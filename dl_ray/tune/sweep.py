@@ -227,7 +227,8 @@ def _trainable(sweep: Sweep, job: JobSpec, cpus: float | None = None, bucket: st
     if sweep.own_kind is not None:
         return tune.with_resources(tune.with_parameters(sweep.own_kind.trial, plan=plan), footprint(sweep, job))
     if sweep.tune.trial == "evaluate":
-        plan |= {"checkpoint": str(sweep.checkpoint), "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
+        plan |= {"checkpoint": str(sweep.checkpoint), "checkpoint_bucket": sweep.checkpoint_bucket,
+                 "evaluator": sweep.tune.evaluator, "split": sweep.tune.split}
         return tune.with_resources(tune.with_parameters(evaluate_trial, plan=plan), footprint(sweep, job))
     resources = {"CPU": cpus or job.scaling.cpus_per_worker} if plan["in_process"] else TRAINER_DRIVER
     return tune.with_resources(tune.with_parameters(train_trial, plan=plan), resources)

@@ -114,7 +114,7 @@ def _exploited(checkpoint, spec: JobSpec, run_dir: Path) -> Path | None:
     from dl_ray.train import checkpoints
     from dl_ray.train.optim import lr_factor
 
-    with checkpoint.as_directory() as folder:
+    with checkpoints.opened(checkpoint) as folder:
         state = checkpoints.read(folder)
         if state["spec"] == spec.to_dict():
             return None
@@ -152,8 +152,12 @@ def _finish_wandb() -> None:
 
 
 def evaluate_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    from dl_ray.cluster import mirror
+
     spec, run_dir = trial_job(config, plan)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if plan["checkpoint_bucket"]:  # [storage] the evaluated run, fetched to this node (where the driver's copy is on its)
+        mirror.fetched(plan["checkpoint_bucket"], "tune.checkpoint")
     with kept_in_bucket(plan, run_dir):
         ray.tune.report(_evaluate(spec, run_dir, config, plan))
 
