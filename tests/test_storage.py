@@ -204,6 +204,35 @@ def test_the_driver_never_sends_back_a_checkpoint_pruned_in_the_bucket(bucket, t
     assert set(bucket_tree(uri)) == {"metrics.csv", "spec.yaml"}
 
 
+def test_rank_0_never_sends_back_rays_snapshot_or_a_pruned_checkpoint_another_process_fetched_again(bucket, tmp_path):
+    """Two workers of one node share its scratch folder. After the last epoch's report rank 0 fetches the bucket
+    while Ray has yet to write its new snapshot and prune the older checkpoint; rank 1 then fetches the same files
+    again (a new copy, so a new mtime). Rank 0's next push must not take that stale copy for its own write: sent
+    back, the old snapshot and a file of the pruned checkpoint made a rerun restore that pruned checkpoint."""
+    from pyarrow import fs
+
+    uri, here = f"{bucket[0]}/runs/r1", tmp_path / "r1"
+    filesystem, root = fs.FileSystem.from_uri(uri)
+    ray_writes = {"checkpoint_manager_snapshot.json": b'{"latest": 1}', "checkpoint_epoch_0001/state.pt": b"one",
+                  "checkpoint_epoch_0001/metrics.json": b"{}"}
+    for name, data in ray_writes.items():  # Ray Train's writes
+        with filesystem.open_output_stream(f"{root}/{name}") as f:
+            f.write(data)
+    rank0 = Mirror(uri, here)
+    rank0.pull()
+    with filesystem.open_output_stream(f"{root}/checkpoint_manager_snapshot.json") as f:
+        f.write(b'{"latest": 2}')  # Ray registers epoch 2 ...
+    delete_folder(filesystem, f"{root}/checkpoint_epoch_0001")  # ... and prunes epoch 1
+    for name, data in ray_writes.items():  # rank 1's copies of what rank 0 fetched, made just before
+        (here / name).unlink()
+        write(here, name, data)
+    write(here, "metrics.csv", b"epoch\n2\n")
+    assert rank0.push(checkpoints=False) == 1  # its own metrics.csv, nothing of Ray's
+    tree = bucket_tree(uri)
+    assert tree["checkpoint_manager_snapshot.json"] == b'{"latest": 2}' and set(tree) == {
+        "checkpoint_manager_snapshot.json", "metrics.csv"}
+
+
 def test_a_worker_restoring_a_bucket_checkpoint_reads_it_whole_while_another_deletes_rays_shared_copy(s3, tmp_path):
     """Ray's ``Checkpoint.as_directory`` downloads a bucket checkpoint into one folder per node, and the worker that
     finishes reading first deletes it, holding Ray's lock on it; a worker of the same node that comes in then waits for

@@ -35,6 +35,7 @@ SKIPPED = (".tmp",)  # half-written files (History, persist_local's .tmp_ folder
 _by_folder: dict[Path, Mirror] = {}
 CHECKPOINTS = "checkpoint_epoch_"  # dl_ray.train.checkpoints.dir_name
 SENT = (-1, -1)  # a bucket file this mirror wrote: its next listing is its own write, not a change
+RAYS = ("checkpoint_manager_snapshot.json", ".validate_storage_marker")  # Ray Train's own files in a run folder
 
 
 class Mirror:
@@ -57,9 +58,10 @@ class Mirror:
         self.synced: dict[str, tuple[int, int] | None] = {}
         self.seen: dict[str, tuple[int, int]] = {}
 
-    def pull(self) -> int:
-        """Bring new or changed bucket files here, drop local copies of files deleted there; returns files copied."""
-        remote = self._remote_files()
+    def pull(self, prefix: str = "") -> int:
+        """Bring new or changed bucket files here, drop local copies of files deleted there; returns files copied.
+        ``prefix``: only the files whose names start with it (a worker that reads the checkpoints and nothing else)."""
+        remote = {name: stat for name, stat in self._remote_files().items() if name.startswith(prefix)}
         for name in [n for n in self.seen if n not in remote]:
             if self.synced.get(name) == _stat(self.local / name):  # not rewritten here since
                 _remove(self.local, name)
@@ -97,11 +99,15 @@ class Mirror:
     def push(self, checkpoints: bool = True) -> int:
         """Send files written here since the last sync, delete there what was deleted here; returns files sent.
 
-        ``checkpoints=False``: leave the checkpoint folders alone (the driver's push: Ray Train or rank 0 own them,
-        and a copy here may be one Ray has just pruned there)."""
-        here = {n: stat for n, stat in self._local_files().items() if checkpoints or not n.startswith(CHECKPOINTS)}
-        if not checkpoints:
-            here |= {n: stat for n, stat in self.synced.items() if n.startswith(CHECKPOINTS) and n not in here}
+        Ray Train's own files (its checkpoint-manager snapshot) are never sent, nor with ``checkpoints=False`` the
+        checkpoint folders (Ray Train writes and prunes them in the bucket): the copy here may be stale, fetched again
+        by another process of this node after Ray replaced or pruned it there, and sending it back would make a rerun
+        restore a pruned checkpoint."""
+        def ours(name: str) -> bool:
+            return name not in RAYS and (checkpoints or not name.startswith(CHECKPOINTS))
+
+        here = {n: stat for n, stat in self._local_files().items() if ours(n)}
+        here |= {n: stat for n, stat in self.synced.items() if not ours(n) and n not in here}
         gone = [name for name in self.synced if name not in here]
         pruned = {n.split("/", 1)[0] for n in gone if "/" in n and not (self.local / n.split("/", 1)[0]).exists()}
         for folder in sorted(pruned):

@@ -102,7 +102,11 @@ def opened(checkpoint) -> Iterator[Path]:
         yield Path(checkpoint.path)
         return
     with tempfile.TemporaryDirectory(prefix="dl_ray-restore-") as tmp:
-        yield Path(checkpoint.to_directory(tmp))
+        folder = Path(checkpoint.to_directory(tmp))
+        if not (folder / STATE).is_file():
+            found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) or "nothing"
+            raise SpecError(f"{checkpoint.path}: the checkpoint Ray restores holds no {STATE} (it holds {found})")
+        yield folder
 
 
 def saved(run_dir: Path) -> dict[int, Path]:

@@ -230,8 +230,8 @@ class Worker:
             if ckpt is not None and self.local_mode:
                 score = es.metric if es.patience else None
                 checkpoints.persist_local(ckpt, self.run_dir, epoch, cfg_t.keep_checkpoints, score, self.direction)
-        if self.bucket:  # [storage] this epoch's files (and local mode's checkpoints) into the bucket
-            self.bucket.push()
+        if self.bucket:  # [storage] this epoch's files (and local mode's checkpoints: Ray Train sends the others)
+            self.bucket.push(checkpoints=self.local_mode)
 
     @torch.no_grad()
     def draw_artifacts(self, epoch: int) -> None:
@@ -247,8 +247,10 @@ class Worker:
                                    "first_step_at": self.first_step.at, "best_metric": s.best, "task": self.data.task,
                                    "kind": self.spec.kind}
         if outcome["status"] != statuses.FAILED:
-            if self.bucket_uri:  # [storage] the checkpoints Ray Train wrote into the bucket
-                mirror.for_run(self.run_dir, self.bucket_uri).pull()
+            if self.bucket:  # [storage] the checkpoints Ray Train wrote into the bucket, and the rest
+                self.bucket.pull()
+            elif self.bucket_uri:  # [storage] the checkpoints only: rank 0 keeps the run's other files
+                mirror.Mirror(self.bucket_uri, self.run_dir).pull(prefix=mirror.CHECKPOINTS)
             saved = checkpoints.saved(self.run_dir)
             if s.best_epoch and s.best_epoch in saved:
                 self.task.load_state_dict(checkpoints.read(saved[s.best_epoch])["model"])
@@ -267,7 +269,7 @@ class Worker:
             write_summary(self.run_dir, summary)
             self.tracker.finish(summary.get("final"))
             if self.bucket:  # [storage]
-                self.bucket.push()
+                self.bucket.push(checkpoints=self.local_mode)
         return summary
 
 
