@@ -55,11 +55,12 @@ class Folder:
         """The folder at ``target``; a missing folder or an unreadable bucket is one SpecError line."""
         from pyarrow import fs
 
+        from dl_ray.cluster import storage
         from dl_ray.spec import STORAGE_SCHEMES
 
         uri = target if "://" in target else str(Path(target).expanduser().absolute())
         if uri.startswith(tuple(f"{scheme}://" for scheme in STORAGE_SCHEMES)):
-            _check_bucket(uri)
+            storage.check_bucket(uri, "runs")  # credentials found, bucket reachable and there
         try:
             filesystem, path = fs.FileSystem.from_uri(uri)
             kind = filesystem.get_file_info(path).type
@@ -303,16 +304,6 @@ def _labels(runs: list[Run], targets: list[str]) -> list[str]:
     """Folder names, or the paths as given where two runs share a name (trials of two sweeps...)."""
     names = [r.name for r in runs]
     return [name if names.count(name) == 1 else target for name, target in zip(names, targets)]
-
-
-def _check_bucket(uri: str) -> None:
-    """Credentials found, bucket reachable and there: the checks `dl-ray submit` makes, as this command's line."""
-    from dl_ray.cluster import storage
-
-    try:
-        storage.check_bucket(uri)
-    except SpecError as e:
-        raise SpecError(f"runs: {str(e).removeprefix('storage.path: ')}") from None
 
 
 def _json(folder: Folder, name: str) -> dict[str, Any]:

@@ -215,10 +215,7 @@ def fetched(uri: str, field: str) -> Path:
     from dl_ray.cluster import storage  # storage imports this module
     from dl_ray.errors import SpecError
 
-    try:
-        storage.check_bucket(uri)  # credentials and the bucket, before a request that could wait on them
-    except SpecError as e:
-        raise SpecError(f"{field}: {str(e).removeprefix('storage.path: ')}") from None
+    storage.check_bucket(uri, field)  # credentials and the bucket, before a request that could wait on them
     parent, name = uri.rstrip("/").rsplit("/", 1)
     local = Path(storage.scratch_for(parent)) / name
     try:

@@ -73,8 +73,8 @@ def check_nodes(storage: StorageSpec, command: str, raw: dict[str, Any], nodes: 
         return
     size = f"{nodes} node(s) and an autoscaler that adds more" if autoscaling else f"{nodes} nodes"
     raise SpecError(f"storage.path: {storage.path} is node-local (storage.shared: false), but the cluster at {address} "
-                    f"has {size} and {why}: the run folder would be scattered over them. Use a filesystem every node mounts at the same path "
-                    "(NFS, EFS, Filestore, a ReadWriteMany volume, a bucket mounted with gcsfuse / mountpoint-s3) with "
+                    f"has {size} and {why}: the run folder would be scattered over them. Use a filesystem every node mounts "
+                    "at the same path (NFS, EFS, Filestore, a ReadWriteMany volume, a bucket mounted with gcsfuse / mountpoint-s3) with "
                     "--set storage.path=/mnt/shared/runs --set storage.shared=true, or an s3:// / gs:// bucket")
 
 
@@ -147,24 +147,25 @@ def credentials_found(scheme: str) -> bool:
     return True
 
 
-def check_bucket(uri: str) -> None:
-    """The bucket answers and lists with this machine's credentials; one line naming what is wrong otherwise."""
+def check_bucket(uri: str, field: str = "storage.path") -> None:
+    """The bucket answers and lists with this machine's credentials; one line naming what is wrong otherwise, and the
+    ``field`` that gave the bucket."""
     from pyarrow import fs
 
     scheme, _, rest = uri.partition("://")
     bucket = rest.split("/", 1)[0]
     what, *_, help_ = CREDENTIALS[scheme]
     if not credentials_found(scheme):
-        raise SpecError(f"storage.path: {uri} needs {what} and none were found on this machine; {help_}")
+        raise SpecError(f"{field}: {uri} needs {what} and none were found on this machine; {help_}")
     try:
         filesystem, path = fs.FileSystem.from_uri(uri)
         if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
-            raise SpecError(f"storage.path: the bucket {bucket!r} of {uri} does not exist; create it or fix the name")
+            raise SpecError(f"{field}: the bucket {bucket!r} of {uri} does not exist; create it or fix the name")
         filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
     except OSError as e:
         text = " ".join(str(e).split())
         reason = next((why for why, marks in BUCKET_ERRORS.items() if any(m in text for m in marks)), "failed")
-        raise SpecError(f"storage.path: {uri} {reason}: {text[:300]}") from None
+        raise SpecError(f"{field}: {uri} {reason}: {text[:300]}") from None
 
 
 BUCKET_ERRORS = {  # words of the cloud SDKs' errors (as pyarrow passes them on) -> what to tell the user
