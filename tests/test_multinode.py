@@ -33,20 +33,23 @@ pytestmark = pytest.mark.slow  # a 2-node Ray cluster, Ray Jobs, Ray Train on bo
 DIGITS = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"}, "optimizer": {"name": "adam", "lr": 0.01},
           "tracking": {"wandb": "disabled"}, "scaling": {"num_workers": 2, "cpus_per_worker": 1}}
 BLOCKER = "import sys; print('holding a head CPU', flush=True); open(sys.argv[1]).read()"  # until the test writes
+# A lost node is marked dead after 5 failed health checks; Ray's 10 s timeout per check makes that ~50 s for a
+# killed node, 2 s makes it ~10 s (a live raylet answers in milliseconds, even on a busy 2-core machine).
+NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000"}
 
 
 @pytest.fixture(scope="module")
 def cluster(gcs_server) -> Iterator[Cluster]:
     """The 2 nodes, started with the credentials and endpoint of the GCS server (as cloud nodes have their own)."""
     folder = Path(tempfile.mkdtemp(prefix="dlray-mn-", dir="/tmp"))  # short: Ray's socket paths live under it
-    bucket_env = gcs_server
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *bucket_env)}
+    nodes_env = {**gcs_server, **NODE_DEATH}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *nodes_env)}
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(folder / "auth_token")
     try:
-        os.environ.update(bucket_env)  # the nodes' environment, not this process's: its tests say what they send
+        os.environ.update(nodes_env)  # the nodes' environment, not this process's: its tests say what they send
         state = local.up(folder, nodes=2, cpus=[2, 1], port=0, dashboard_port=0, temp_dir=folder / "ray")
-        restore(saved, keys=bucket_env)
+        restore(saved, keys=nodes_env)
         yield Cluster(folder, state.address, state.token_path)
     finally:
         local.down(folder, timeout_s=5)  # after its jobs the head takes ~30 s to end on SIGTERM; the test needs no grace
@@ -96,6 +99,12 @@ def nodes(cluster: Cluster) -> dict[str, bool]:
     token = Path(cluster.token_path).read_text().strip()
     reply = requests.get(f"{cluster.address}/api/v0/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     return {n["node_id"]: n["is_head_node"] for n in reply.json()["data"]["result"]["result"]}
+
+
+def snapshot(run: Path) -> str:
+    """Ray Train's record of the checkpoints it registered (a shared run folder is its storage folder)."""
+    path = run / "checkpoint_manager_snapshot.json"
+    return path.read_text() if path.is_file() else ""
 
 
 def metrics(run: Path) -> list[dict[str, str]]:
@@ -182,7 +191,8 @@ def test_a_node_lost_mid_run_resumes_from_the_last_checkpoint_on_the_node_left(c
         code, out, err = cluster.cli("submit", str(job))
         assert code == 0, err
         job_id = out.strip()
-        cluster.wait_until("a checkpoint is written", lambda: (run / "checkpoint_epoch_0002" / "state.pt").is_file())
+        # a checkpoint counts once Ray Train has it in its snapshot (written after every worker reported it)
+        cluster.wait_until("Ray Train holds checkpoint 2", lambda: "checkpoint_epoch_0002" in snapshot(run))
         before = metrics(run)[:2]
         release()  # the head can hold both workers from now on
         local.stop_node(cluster.folder, 1)
