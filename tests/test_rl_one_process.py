@@ -71,6 +71,30 @@ def test_one_process_holds_the_replay_ratio_and_eval_replays_its_evaluation(tmp_
     assert best["eval/return_mean"] == summary["best_eval/return_mean"] and best["seed"] == summary["best_eval/seed"]
 
 
+def test_a_return_goal_stops_the_run_at_the_first_evaluation_that_reaches_it(tmp_path, capsys):
+    raw = cartpole(tmp_path, "goal", total=20_000)
+    raw["evaluation"] |= {"stop_at_return": 1}  # any policy's first evaluation reaches it (a CartPole step pays 1)
+    summary = driver.run(parse_rl_spec(raw), quiet())
+    assert summary["status"] == "stopped" and summary["env_steps"] < 2048, summary
+    rows = pd.read_csv(tmp_path / "goal" / "metrics.csv").dropna(subset=["eval/return_mean"])
+    assert list(rows["env_steps"]) == [1024, summary["env_steps"]]  # the one that reached it, then the final one
+    first = rows["eval/return_mean"].iloc[0]
+    assert summary["stop_reason"].startswith(f"evaluation.stop_at_return (1) reached: return {first:.2f} at 1,024 env "
+                                             "steps"), summary
+    raw["evaluation"]["stop_at_return"] = None  # the same run without the goal goes on to total_env_steps
+    raw["dqn"]["total_env_steps"] = 3000
+    assert driver.run(parse_rl_spec(raw), quiet())["status"] == "completed"
+    raw["evaluation"] |= {"stop_at_return": 1, "every_env_steps": None}
+    code, _, err = in_process(capsys)("dqn", str(write_json(tmp_path / "job.yaml", raw)))
+    assert code == 2 and err.count("\n") == 1 and "evaluation.stop_at_return: 1 is judged by the evaluations during the " \
+        "run: set evaluation.every_env_steps" in err, err
+
+
+def write_json(path: Path, raw: dict) -> Path:
+    path.write_text(json.dumps(raw))  # JSON is YAML
+    return path
+
+
 def dry_run(capsys, raw: dict, *overrides: str) -> str:
     """The plan ``dl-ray dqn JOB --dry-run`` prints after the resolved spec (YAML comments), its lines joined."""
     job = Path(raw["storage"]["path"]) / "job.yaml"

@@ -173,7 +173,7 @@ class DQNRun:
         self.start_steps = c["env_steps"]
         with self.log.progress_bar() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
-            while c["env_steps"] < total and not self._out_of_time():
+            while c["env_steps"] < total and not self._out_of_time() and not self._solved():
                 self._submit_updates()
                 self._wait_and_handle()
                 if self.log.due():
@@ -185,6 +185,7 @@ class DQNRun:
                     next_ckpt = self._next(c["env_steps"], spec.checkpoint.every_env_steps)
                     self._checkpoint()
                 bar.update(task, completed=min(c["env_steps"], total), stats=self.log.stats_text(self.updates_done))
+        self.solved = dict(self.evals.best) if self._solved() else None  # the final evaluation may beat it: too late
         return self._end()
 
     def _end(self) -> dict[str, Any]:
@@ -208,6 +209,11 @@ class DQNRun:
                 self.collecting_since = time.monotonic()
             return False
         return time.monotonic() - self.collecting_since >= limit
+
+    def _solved(self) -> bool:
+        """evaluation.stop_at_return: an evaluation (of this run or, resumed, of the run before) reached it."""
+        goal = self.spec.evaluation.stop_at_return
+        return goal is not None and self.evals.best.get("best_eval/return_mean", -math.inf) >= goal
 
     @staticmethod
     def _next(now: int, every: int) -> int:
@@ -336,9 +342,15 @@ class DQNRun:
         return summary
 
     def _status(self) -> dict[str, str]:
-        """completed when the run reached dqn.total_env_steps; else stopped, saying by what and how far it got."""
+        """completed when the run reached dqn.total_env_steps; else stopped, saying by what (its return goal or
+        max_time_s) and how far it got."""
         steps, total = self.counters["env_steps"], self.spec.dqn.total_env_steps
         if steps >= total:
             return status_fields(COMPLETED)
+        if self.solved:
+            best = self.solved
+            return status_fields(STOPPED, f"evaluation.stop_at_return ({self.spec.evaluation.stop_at_return:g}) reached: "
+                                          f"return {best['best_eval/return_mean']:.2f} at {best['best_eval/env_steps']:,} "
+                                          f"env steps, {100 * steps / total:.1f} % of {total:,}")
         return status_fields(STOPPED, f"max_time_s ({self.spec.dqn.max_time_s:g} s) at {100 * steps / total:.1f} % "
                                       f"of {total:,} env steps")

@@ -44,6 +44,8 @@ def layout(spec: RLJobSpec) -> list[str]:
     shards = f"{r.shards} shard{'s' if r.shards > 1 else ''}" + (" on the learner" if r.on_learner else "")
     every = f"every {e.every_env_steps:,} env steps and " if e.every_env_steps else ""
     limit = f" (or max_time_s {d.max_time_s:g} s)" if d.max_time_s else ""
+    if e.stop_at_return is not None:
+        limit += f" (or once an evaluation returns >= {e.stop_at_return:g})"
     return [f"actors: {actors}, {explore}, {a.steps_per_call} steps/call",
             f"learner: {learner.device}, {learner.num_cpus:g} CPU, batch {d.batch_size}, {d.updates_per_call} "
             f"updates/call, target every {d.target_update_every:,} updates",

@@ -166,6 +166,10 @@ class EvalSpec(Section):
     """Evaluate in the background every so many env steps (and always at the end); null = only at the end."""
     video: bool = False
     """Atari: at the end, record one evaluation game as ``eval_episode.gif`` in the run folder (and W&B)."""
+    stop_at_return: float | None = None
+    """Stop once an evaluation's mean return reaches this (CartPole-v1 counts 475 as solved): the run is done
+    learning, so the rest of total_env_steps would only cost time; the owed updates, the checkpoint and the final
+    evaluation still run. Needs every_env_steps. null = run to total_env_steps."""
 
 
 class QLearningSpec(Section):
@@ -220,6 +224,9 @@ class RLJobSpec(RunFolder, Section):
             raise ValueError("dqn needs a model section (name: nature_cnn for Atari, q_mlp for vector observations)")
         if self.evaluation.video and not self.env.is_atari:
             raise ValueError(f"evaluation.video records Atari games (ALE/...); {self.env.id} has no video here: set it false")
+        if self.evaluation.stop_at_return is not None and self.evaluation.every_env_steps is None:
+            raise ValueError(f"evaluation.stop_at_return: {self.evaluation.stop_at_return:g} is judged by the evaluations "
+                             "during the run: set evaluation.every_env_steps, or stop_at_return: null")
         if self.replay.on_learner and self.replay.shards != 1:
             raise ValueError(f"replay.on_learner keeps one replay in the learner: set replay.shards to 1 (got {self.replay.shards})")
         if self.kind == "dqn" and self.actors.one_process:
