@@ -17,7 +17,7 @@ from dl_ray.cli import main
 from dl_ray.fmt import num
 from dl_ray.tracking import History, write_summary
 from tests.conftest import cli, write_job
-from tests.test_storage import s3, s3_server  # noqa: F401 - the moto S3 server fixtures (helper C's)
+from tests.buckets import s3, s3_server  # noqa: F401 - the moto S3 server fixtures (helper C's)
 
 HOUR = 3600
 

@@ -15,7 +15,7 @@ import pytest
 from dl_ray.cluster import storage
 from dl_ray.cluster.mirror import STORAGE_ENV
 from tests.conftest import ROOT, write_job
-from tests.test_storage import bucket, bucket_tree, gcs_server, s3_server  # noqa: F401 (fixtures)
+from tests.buckets import bucket, bucket_tree, gcs_server, s3_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow  # two short training runs each
 DIGITS = {"model": {"name": "mlp", "hidden": [32]}, "data": {"name": "digits"},
@@ -36,7 +36,7 @@ def rows(tree: dict[str, bytes]) -> list[dict[str, str]]:
 
 
 # Local mode on S3 here; Ray Train workers on GCS run in tests/test_multinode.py (one per node, and a rerun that
-# resumes), and the mirror tests in test_storage.py run both schemes: a Ray Train run costs ~60 s of CI.
+# resumes), and the mirror tests in test_storage_mirror.py run both schemes: a Ray Train run costs ~60 s of CI.
 @pytest.mark.parametrize("workers, bucket", [(0, "s3")], indirect=["bucket"], ids=["local_mode-s3"])
 def test_a_bucket_run_writes_its_folder_there_and_a_rerun_on_a_fresh_node_resumes(workers, bucket, tmp_path, request):
     uri, env = f"{bucket[0]}/runs", bucket[1]

@@ -20,7 +20,7 @@ import yaml
 from dl_ray.cluster import storage
 from dl_ray.cluster.mirror import STORAGE_ENV
 from tests.conftest import ROOT
-from tests.test_storage import bucket, bucket_tree, s3_server  # noqa: F401 (fixtures)
+from tests.buckets import bucket, bucket_tree, s3_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow  # two sweeps of two short trials
 SWEEP = ROOT / "jobs" / "sweeps" / "digits_tiny.yaml"

@@ -381,6 +381,6 @@ def test_skipgram_on_wikipedia_beats_chance_on_wordsim_and_analogies():
     data = build_data(WordCorpusConfig(name="word_corpus"))
     torch.manual_seed(0)
     task = build_model(Word2VecConfig(name="word2vec", noise_words=32), data.io)
-    fit(task, data, epochs=3, batch_size=256, lr=0.04, workers=2)
+    fit(task, data, epochs=3, batch_size=256, lr=0.04)  # one process: two (Hogwild) make the figure vary run to run
     scores = evaluate_vectors(task.vectors())
     assert scores["wordsim353"] > 0.2 and scores["analogy"] > 0.01, scores

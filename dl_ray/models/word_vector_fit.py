@@ -81,9 +81,13 @@ def _fit_shard(task: Task, data, epochs: int, batch_size: int, lr: float, seed: 
     return loss
 
 
-def _fit_child(results, *args) -> None:
+def _fit_child(results, task: Task, data, epochs: int, batch_size: int, lr: float, seed: int, rank: int, world: int,
+               optimizer: str) -> None:
     torch.set_num_threads(1)
+    # a forked child starts from its parent's random state: without a seed of its own, every worker would draw the
+    # very same negative samples step for step (gensim's worker threads each have their own random state)
+    torch.manual_seed(torch.initial_seed() + rank)
     try:
-        results.put(_fit_shard(*args))
+        results.put(_fit_shard(task, data, epochs, batch_size, lr, seed, rank, world, optimizer))
     except Exception as e:  # noqa: BLE001  the parent raises it: a child's traceback would not reach the user
         results.put(f"{type(e).__name__}: {e}")

@@ -95,7 +95,7 @@ def opened(checkpoint) -> Iterator[Path]:
     A checkpoint in a bucket is downloaded into a temporary folder of this process's own. Ray's
     ``as_directory`` shares one download folder per checkpoint among the processes of a node, and the first
     reader to finish deletes it: a second worker of that node that comes in just then is handed the folder
-    empty (tests/test_storage.py shows it)."""
+    empty (tests/test_storage_mirror.py shows it)."""
     from pyarrow import fs
 
     if isinstance(checkpoint.filesystem, fs.LocalFileSystem):
