@@ -138,6 +138,7 @@ class DQNRun:
         self.collecting: dict[Any, tuple[int, Any]] = {}  # stats ref -> (actor index, chunk ref)
         self.paused: list[int] = []
         self.training: dict[Any, Any] = {}  # metrics ref -> the shard it sampled
+        self.solved: dict[str, float] | None = None  # the evaluation that met evaluation.stop_at_return, if one did
         self._header(plan)
 
     def _replay(self) -> list[Any]:
