@@ -107,7 +107,7 @@ class Mirror:
             return name not in RAYS and (checkpoints or not name.startswith(CHECKPOINTS))
 
         here = {n: stat for n, stat in self._local_files().items() if ours(n)}
-        here |= {n: stat for n, stat in self.synced.items() if not ours(n) and n not in here}
+        here |= {n: stat for n, stat in self.synced.items() if not ours(n)}
         gone = [name for name in self.synced if name not in here]
         pruned = {n.split("/", 1)[0] for n in gone if "/" in n and not (self.local / n.split("/", 1)[0]).exists()}
         for folder in sorted(pruned):

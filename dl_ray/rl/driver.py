@@ -9,7 +9,8 @@ than ``max_update_lag`` calls behind. Weights go to the object store once per le
 reads that one copy at its next call (every K steps). A dead actor is replaced with the same index
 (same epsilon); the learner never waits on it. Ray appears only on the lines marked ``# [Ray]``. What the run
 prints and logs as it goes is :class:`~dl_ray.rl.progress.RunLog`'s; its evaluations are
-:class:`~dl_ray.rl.evaluations.Evaluations`'.
+:class:`~dl_ray.rl.evaluations.Evaluations`'; when it stops, and what its summary says of why, is
+:class:`~dl_ray.rl.stopping.Stopping`'s.
 
 ``actors.num_actors: 0`` runs this same loop in one process: ``self.ray`` is then :class:`~dl_ray.rl.inline.Inline`,
 which makes each call when the loop makes it (one env runner, the replay and the learner live in the driver).
@@ -31,7 +32,7 @@ from dl_ray.rl.progress import RunLog
 from dl_ray.rl.replay import FrameReplay
 from dl_ray.rl.runner import EnvRunner, build_qnet
 from dl_ray.rl.spec import RLJobSpec, SpecError, parse_rl_spec
-from dl_ray.statuses import COMPLETED, STOPPED, status_fields
+from dl_ray.rl.stopping import Stopping
 from dl_ray.train.runner import folder_line
 
 
@@ -138,7 +139,6 @@ class DQNRun:
         self.collecting: dict[Any, tuple[int, Any]] = {}  # stats ref -> (actor index, chunk ref)
         self.paused: list[int] = []
         self.training: dict[Any, Any] = {}  # metrics ref -> the shard it sampled
-        self.solved: dict[str, float] | None = None  # the evaluation that met evaluation.stop_at_return, if one did
         self._header(plan)
 
     def _replay(self) -> list[Any]:
@@ -170,11 +170,10 @@ class DQNRun:
         next_eval = self._next(c["env_steps"], every_eval) if every_eval else None
         self.t0 = time.monotonic()
         self.log.start()
-        self.collecting_since: float | None = None  # dqn.max_time_s counts from here
-        self.start_steps = c["env_steps"]
+        self.stopping = Stopping(spec, c)
         with self.log.progress_bar() as bar:
             task = bar.add_task("", total=total, completed=c["env_steps"], stats="")
-            while c["env_steps"] < total and not self._out_of_time() and not self._solved():
+            while not self.stopping.due(self.evals.best):
                 self._submit_updates()
                 self._wait_and_handle()
                 if self.log.due():
@@ -186,7 +185,7 @@ class DQNRun:
                     next_ckpt = self._next(c["env_steps"], spec.checkpoint.every_env_steps)
                     self._checkpoint()
                 bar.update(task, completed=min(c["env_steps"], total), stats=self.log.stats_text(self.updates_done))
-        self.solved = dict(self.evals.best) if self._solved() else None  # the final evaluation may beat it: too late
+        self.stopping.ended(self.evals.best)
         return self._end()
 
     def _end(self) -> dict[str, Any]:
@@ -199,22 +198,6 @@ class DQNRun:
         if self.spec.evaluation.video:
             self.evals.video(self.counters["env_steps"], self.weights)
         return self._finish()
-
-    def _out_of_time(self) -> bool:
-        """dqn.max_time_s counts from the first transitions this run collects: starting actors is not training."""
-        limit = self.spec.dqn.max_time_s
-        if limit is None:
-            return False
-        if self.collecting_since is None:
-            if self.counters["env_steps"] > self.start_steps:
-                self.collecting_since = time.monotonic()
-            return False
-        return time.monotonic() - self.collecting_since >= limit
-
-    def _solved(self) -> bool:
-        """evaluation.stop_at_return: an evaluation (of this run or, resumed, of the run before) reached it."""
-        goal = self.spec.evaluation.stop_at_return
-        return goal is not None and self.evals.best.get("best_eval/return_mean", -math.inf) >= goal
 
     @staticmethod
     def _next(now: int, every: int) -> int:
@@ -325,7 +308,7 @@ class DQNRun:
     def _finish(self) -> dict[str, Any]:
         replay = self.ray.get([s.stats.remote() for s in self.shards])  # [Ray]
         best = self.evals.best
-        summary = {**self._status(), "kind": "dqn", "env": self.spec.env.id, **self.counters,
+        summary = {**self.stopping.status(), "kind": "dqn", "env": self.spec.env.id, **self.counters,
                    "updates": self.updates_done, "time_s": time.monotonic() - self.t0,
                    "recent_return": self.log.recent_return(), "replay_frames": sum(s["frames"] for s in replay),
                    "replay_bytes_per_slot": sum(s["bytes"] for s in replay) / self.spec.replay.capacity,
@@ -341,17 +324,3 @@ class DQNRun:
                            f"eval return {summary.get('eval/return_mean', float('nan')):.2f}{kept} → {self.folder.dir}",
                            soft_wrap=True, highlight=False)
         return summary
-
-    def _status(self) -> dict[str, str]:
-        """completed when the run reached dqn.total_env_steps; else stopped, saying by what (its return goal or
-        max_time_s) and how far it got."""
-        steps, total = self.counters["env_steps"], self.spec.dqn.total_env_steps
-        if steps >= total:
-            return status_fields(COMPLETED)
-        if self.solved:
-            best = self.solved
-            return status_fields(STOPPED, f"evaluation.stop_at_return ({self.spec.evaluation.stop_at_return:g}) reached: "
-                                          f"return {best['best_eval/return_mean']:.2f} at {best['best_eval/env_steps']:,} "
-                                          f"env steps, {100 * steps / total:.1f} % of {total:,}")
-        return status_fields(STOPPED, f"max_time_s ({self.spec.dqn.max_time_s:g} s) at {100 * steps / total:.1f} % "
-                                      f"of {total:,} env steps")
