@@ -85,9 +85,10 @@ def up(folder: Path = DEFAULT_FOLDER, nodes: int = 1, cpus: int | list[int] | No
             cpu_flag = ["--num-cpus", str(node_cpus[i])] if node_cpus[i] is not None else []
             node = [*role, *common, *cpu_flag, *_node_ports(), *_temp_dir(temp_dir, i)]
             cluster.address_files.append(_address_file(temp_dir, i))
-            cluster.pids.append(_start(folder / f"node{i}.log", node, env))
+            proc = _start(folder / f"node{i}.log", node, env)
+            cluster.pids.append(proc.pid)
             cluster.save()
-            _wait_for_nodes(cluster, i + 1, folder / f"node{i}.log", timeout_s)
+            _wait_for_nodes(cluster, i + 1, folder / f"node{i}.log", timeout_s, proc)
     except BaseException:
         down(folder)
         raise
@@ -124,11 +125,11 @@ def stop_node(folder: Path, index: int) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def _start(log: Path, args: list[str], env: dict[str, str]) -> int:
+def _start(log: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen:
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", *args], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    return proc.pid
+    return proc
 
 
 def _stop(pid: int, timeout_s: float) -> None:
@@ -202,10 +203,12 @@ def _names(record: str, gcs_address: str) -> bool:
     return port == gcs_address.rpartition(":")[2] and host.strip("[]") in here
 
 
-def _wait_for_nodes(cluster: LocalCluster, count: int, log: Path, timeout_s: float) -> None:
+def _wait_for_nodes(cluster: LocalCluster, count: int, log: Path, timeout_s: float, proc: subprocess.Popen) -> None:
+    """Until the cluster shows ``count`` nodes; ``proc``, the ``ray start`` just started, is asked directly (its pid's
+    command line, what ``_alive`` reads for a cluster another process started, was seen without it at start)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(cluster.pids[-1]):
+        if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise ClusterError(f"ray start failed ({log}): {' | '.join(tail)}")
         if alive_nodes(cluster.address) >= count:
